@@ -1,0 +1,42 @@
+# One entry point for people and CI: `make run` serves, `make test` lints, type-checks and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default; for CUDA use e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>".
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+
+.PHONY: install run test lint typecheck pytest bench evaluate clean
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+run: install
+	$(BIN)/python -m app
+
+lint: install
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/ruff format --check app tests scripts
+
+typecheck: install
+	$(BIN)/mypy app
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+evaluate: install
+	$(BIN)/python scripts/evaluate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

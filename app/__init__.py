@@ -1,0 +1,1 @@
+"""Image-upscaling service: RRDBNet (ESRGAN / Real-ESRGAN) and Core ML models, LANCZOS fallback."""

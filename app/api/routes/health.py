@@ -1,0 +1,72 @@
+"""GET /health (what can serve), /health/live (process answers), /health/ready (start-up done)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import StateDep
+from app.schemas import BackendHealth, Health, ModelHealth, QueueHealth
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=Health)
+async def health(state: StateDep) -> Health:
+    registry, service = state.registry, state.service
+    models = []
+    for m in registry.models:
+        serving = registry.serving(m.name) is m
+        models.append(
+            ModelHealth(
+                name=m.name,
+                backend=m.backend,
+                file=m.file.name,
+                arch=m.arch.arch if m.arch else m.meta.get("arch"),
+                scale=m.scale,
+                available=m.available,
+                reason=m.reason,
+                fallback_reason=m.fallback_reason,
+                serving=serving,
+                tile=getattr(m.runner, "default_tile", None),
+                meta=m.meta,
+            )
+        )
+    neural = bool(registry.available())
+    status: Literal["ok", "degraded", "starting"] = "ok" if neural else "degraded"
+    if not state.ready:
+        status = "starting"
+    backends = {
+        name: BackendHealth(
+            available=s.available, version=s.version, device=s.device, precision=s.precision, reason=s.reason
+        )
+        for name, s in ((n, b.status()) for n, b in state.backends.items())
+    }
+    queues = [
+        QueueHealth(device=q.device, in_flight=q.in_flight, waiting=max(0, q.waiting), capacity=q.queue_size)
+        for q in service.queues.values()
+    ]
+    return Health(
+        status=status,
+        ready=state.ready,
+        realesrgan_available=neural,
+        default_model=service.default_model() if state.ready else None,
+        backends=backends,
+        models=models,
+        queues=queues,
+        fallbacks=dict(service.fallbacks),
+    )
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", responses={503: {"description": "start-up loading is not done"}})
+async def ready(state: StateDep) -> JSONResponse:
+    if not state.ready:
+        return JSONResponse({"ready": False, "status": "starting"}, status_code=503)
+    return JSONResponse({"ready": True, "status": "ok" if state.registry.available() else "degraded"})

@@ -1,0 +1,100 @@
+"""POST /upscale: multipart (`image` part + form fields) or the raw image body (+ query parameters)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.datastructures import UploadFile
+
+from app.api.deps import StateDep, parse_multipart, read_body, require_api_key, validate_model
+from app.errors import InvalidImage, InvalidParameter, UnsupportedMediaType
+from app.schemas import UpscaleParams, error_responses
+from app.service import Options, Result
+
+router = APIRouter()
+
+RAW_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "image/gif",
+    "application/octet-stream",
+}
+
+_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **{k: {"type": "string"} for k in UpscaleParams.model_fields},
+                    },
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_TYPES)},
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "the upscaled image",
+            "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp")},
+        }
+    },
+}
+
+
+def result_headers(result: Result) -> dict[str, str]:
+    headers = {
+        "X-Upscaler": result.upscaler,
+        "X-Upscale-Backend": result.backend,
+        "X-Input-Size": "{}x{}".format(*result.input_size),
+        "X-Output-Size": "{}x{}".format(*result.output_size),
+        "X-Processing-Ms": f"{result.elapsed_ms:.1f}",
+    }
+    if result.fallback_reason:
+        headers["X-Fallback-Reason"] = result.fallback_reason
+    return headers
+
+
+def to_options(params: UpscaleParams) -> Options:
+    if params.quality is not None and not 1 <= params.quality <= 100:
+        raise InvalidParameter(f"quality must be 1..100, not {params.quality}")
+    return Options(**params.model_dump())
+
+
+@router.post(
+    "/upscale",
+    dependencies=[Depends(require_api_key)],
+    openapi_extra=_OPENAPI,
+    responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+    response_class=Response,
+)
+async def upscale(request: Request, state: StateDep) -> Response:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data" and ctype not in RAW_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype or '(none)'} is not accepted: post multipart/form-data with an 'image' "
+            "part (curl -F image=@in.png) or the raw image with Content-Type image/png, image/jpeg "
+            "or image/webp"
+        )
+    state.require_ready()
+    body = await read_body(request, state.settings.max_upload_bytes)
+    fields: dict[str, str] = dict(request.query_params)
+    if ctype == "multipart/form-data":
+        form = await parse_multipart(request.headers, body)
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise InvalidImage("multipart body has no file part named 'image'")
+        data = await image.read()
+        fields.update({k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)})
+    else:
+        data = body
+    options = to_options(validate_model(UpscaleParams, fields))
+    result = await state.service.upscale(data, options)
+    return Response(result.data, media_type=result.media_type, headers=result_headers(result))

@@ -1,0 +1,91 @@
+"""What every backend and model offers the service, whatever library runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+# Why a model cannot serve, as SPEC's X-Fallback-Reason values.
+WEIGHTS_MISSING = "weights_missing"
+LIBRARY_MISSING = "library_missing"
+BACKEND_UNAVAILABLE = "backend_unavailable"
+MODEL_ERROR = "model_error"
+OUT_OF_MEMORY = "out_of_memory"
+DISABLED_BY_REQUEST = "disabled_by_request"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    version: str | None
+    reason: str | None
+    device: str | None = None
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the state dict says about the net (spandrel-style descriptor: callers never guess)."""
+
+    arch: str
+    scale: int
+    in_ch: int
+    out_ch: int
+    num_feat: int
+    num_block: int
+    num_grow_ch: int
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (pixel-unshuffle of x2 / x1 models)."""
+        return {4: 1, 2: 2, 1: 4}[self.scale]
+
+
+class Runner(Protocol):
+    """A loaded model. `run(x)`: (h, w, C) uint8/uint16/float32 tile -> (h*s, w*s, C) float32 in ~0..1."""
+
+    scale: int
+    default_tile: int
+
+    def run(self, tile: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ModelEntry:
+    """One candidate file in the weights folder, loaded or not (then `reason` says why)."""
+
+    name: str
+    backend: str
+    file: Path
+    arch: Architecture | None = None
+    runner: Runner | None = None
+    reason: str | None = None
+    fallback_reason: str | None = None  # the X-Fallback-Reason a request for it would get
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.runner is not None
+
+    @property
+    def scale(self) -> int | None:
+        return self.runner.scale if self.runner is not None else (self.arch.scale if self.arch else None)
+
+
+class Backend(Protocol):
+    name: str
+    suffixes: tuple[str, ...]
+
+    def status(self) -> BackendStatus: ...
+
+    def load(self, entry: ModelEntry) -> None:
+        """Load and warm up `entry` in place: set runner/arch, or reason + fallback_reason. Never raises."""
+        ...
+
+
+RunFn = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,64 @@
+"""The model registry: scan the weights folder once at start-up, load every candidate, say why not."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from app.backends.base import WEIGHTS_MISSING, Backend, ModelEntry
+
+log = logging.getLogger("app.registry")
+
+# When one name exists for several backends, the first available one here serves it: a Core ML
+# package is only ever available on macOS, where it can use the Neural Engine.
+PREFERENCE = ("coreml", "pytorch")
+
+
+class Registry:
+    def __init__(self, backends: Iterable[Backend]) -> None:
+        self.backends = {b.name: b for b in backends}
+        self.models: list[ModelEntry] = []
+
+    def scan(self, weights_dir: Path) -> None:
+        """Find and load every candidate in `weights_dir`. One bad file never raises."""
+        if not weights_dir.is_dir():
+            log.warning("weights folder %s does not exist: serving LANCZOS only", weights_dir)
+            return
+        by_suffix = {s: b for b in self.backends.values() for s in b.suffixes}
+        for path in sorted(weights_dir.iterdir()):
+            backend = by_suffix.get(path.suffix.lower())
+            if backend is None or path.name.startswith("."):
+                continue
+            entry = ModelEntry(name=path.stem, backend=backend.name, file=path)
+            try:
+                backend.load(entry)
+            except Exception as exc:  # a backend bug on one file must not stop start-up either
+                entry.reason, entry.fallback_reason = f"{type(exc).__name__}: {exc}", WEIGHTS_MISSING
+            if entry.available:
+                log.info(
+                    "model %s (%s, x%s) ready from %s", entry.name, entry.backend, entry.scale, path.name
+                )
+            else:
+                log.warning("model %s (%s) unavailable: %s", entry.name, entry.backend, entry.reason)
+            self.models.append(entry)
+
+    def names(self) -> list[str]:
+        return sorted({m.name for m in self.models})
+
+    def named(self, name: str) -> list[ModelEntry]:
+        """Entries called `name`, in backend preference order."""
+        rank = {b: i for i, b in enumerate(PREFERENCE)}
+        return sorted((m for m in self.models if m.name == name), key=lambda m: rank.get(m.backend, 99))
+
+    def serving(self, name: str) -> ModelEntry | None:
+        return next((m for m in self.named(name) if m.available), None)
+
+    def available(self) -> list[ModelEntry]:
+        """One entry per name that can serve (the preferred backend's)."""
+        out = []
+        for name in self.names():
+            entry = self.serving(name)
+            if entry is not None:
+                out.append(entry)
+        return out

@@ -1,0 +1,71 @@
+"""Settings: one pydantic-settings class read from `UPSCALER_*` environment variables.
+
+Nothing is read at import: `load_settings()` reads the environment (or a dict given by a test) when the
+app starts, and a bad value raises `SettingsError` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "UPSCALER_"
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line that names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    weights_dir: Path = Path("weights")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # Tile side in input pixels; 0 runs whole images, None picks per device and model.
+    tile: int | None = Field(None, ge=0)
+    tile_pad: int = Field(16, ge=0, le=256)
+    max_upload_mb: float = Field(50.0, gt=0)
+    max_input_pixels: int = Field(16_777_216, ge=1)
+    max_output_pixels: int = Field(67_108_864, ge=1)
+    queue_size: int = Field(16, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+    api_key: SecretStr | None = None
+    default_model: str | None = None
+    coreml_compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = "ALL"
+    png_compress_level: int = Field(1, ge=0, le=9)
+    threads: int = Field(0, ge=0, description="intra-op threads for inference; 0 = all cores")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `environ` (default: the process environment).
+
+    Raises SettingsError naming the first bad variable, e.g. "UPSCALER_TILE: Input should be ...".
+    """
+    env = os.environ if environ is None else environ
+    values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX) and value != ""
+    }
+    try:
+        # model_validate skips BaseSettings' own environment reading: `env` is the only source.
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else ENV_PREFIX
+        raise SettingsError(
+            f"invalid setting {name}={values.get(str(err['loc'][0]), '')!r}: {err['msg']}"
+        ) from None

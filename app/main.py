@@ -1,0 +1,122 @@
+"""create_app(settings) builds the ASGI app; its lifespan loads the backends and models once.
+
+`app` below reads no environment and loads nothing at import: the lifespan does, at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.deps import AppState
+from app.api.routes import generate, health, upscale
+from app.backends.base import Backend
+from app.backends.coreml import CoreMLBackend
+from app.backends.pytorch import PyTorchBackend
+from app.backends.registry import Registry
+from app.config import Settings, load_settings
+from app.errors import UpscalerError, error_body, status_of
+from app.scheduler import DeviceQueue
+from app.service import UpscaleService
+
+log = logging.getLogger("app")
+
+
+def build_state(settings: Settings) -> AppState:
+    """Backends and an empty registry; cheap (torch is imported here when present, nothing loads)."""
+    backends: dict[str, Backend] = {
+        "pytorch": PyTorchBackend(settings.device, settings.precision, settings.tile, settings.threads),
+        "coreml": CoreMLBackend(settings.coreml_compute_units, settings.tile_pad),
+    }
+    registry = Registry(backends.values())
+    queues: dict[str, DeviceQueue] = {}
+    service = UpscaleService(settings, registry, queues)
+    return AppState(settings=settings, registry=registry, service=service, backends=backends)
+
+
+def load_models(state: AppState) -> None:
+    """Scan and load every model (blocking); marks the state ready even when nothing loaded."""
+    try:
+        state.registry.scan(state.settings.weights_dir)
+    finally:
+        state.ready = True
+    names = [m.name for m in state.registry.available()]
+    if names:
+        log.info("ready: neural models %s; default %s", ", ".join(names), state.service.default_model())
+    else:
+        log.warning("ready in LANCZOS mode: no neural model can serve (see /health for the reasons)")
+
+
+def create_app(settings: Settings | None = None, *, background_load: bool = True) -> FastAPI:
+    """The app. Settings are read at start-up when not given. With `background_load`, start-up returns
+    at once and /health says "starting" until the models are loaded (probes answer meanwhile)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings or load_settings())
+        app.state.upscaler = state
+        if background_load:
+            task = asyncio.create_task(asyncio.to_thread(load_models, state))
+        else:
+            load_models(state)
+        try:
+            yield
+        finally:
+            if background_load and not task.done():
+                await asyncio.shield(task)
+            for queue in state.service.queues.values():
+                queue.shutdown()
+
+    app = FastAPI(
+        title="Upscaler",
+        version="0.1.0",
+        summary="RRDBNet (ESRGAN / Real-ESRGAN) and Core ML upscaling with an honest LANCZOS fallback",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router, tags=["health"])
+    app.include_router(upscale.router, tags=["upscale"])
+    app.include_router(generate.router, tags=["generate"])
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as {"error": {"type", "message"}}; statuses come from errors.STATUS_BY_ERROR."""
+
+    @app.exception_handler(UpscalerError)
+    async def on_upscaler_error(request: Request, exc: UpscalerError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.type, exc.message), status_code=status_of(exc), headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        return JSONResponse(error_body("validation_error", f"{where}: {first.get('msg')}"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(kind, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "the server failed; the error was logged"), status_code=500
+        )
+
+
+app = create_app()

@@ -1,0 +1,77 @@
+"""One bounded queue per device: one model run at a time, a fixed number waiting, the rest refused.
+
+Work runs on the device's single worker thread, off the event loop. A request that times out sets its
+cancel flag, so work still queued is dropped and work already running stops at its next tile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from app.errors import Overloaded, Timeout
+
+T = TypeVar("T")
+
+
+class DeviceQueue:
+    def __init__(self, device: str, queue_size: int) -> None:
+        self.device = device
+        self.queue_size = queue_size
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
+        self.in_flight = 0  # waiting + running, counted until the worker is really done with it
+        self.running = 0
+
+    @property
+    def waiting(self) -> int:
+        return self.in_flight - self.running
+
+    def _wrap(self, fn: Callable[[threading.Event], T], cancel: threading.Event) -> Callable[[], T]:
+        def job() -> T:
+            if cancel.is_set():  # its request already gave up while it waited
+                from app.errors import Cancelled
+
+                raise Cancelled()
+            self.running += 1
+            try:
+                return fn(cancel)
+            finally:
+                self.running -= 1
+
+        return job
+
+    async def run(
+        self, fn: Callable[[threading.Event], T], timeout_s: float, cancel: threading.Event | None = None
+    ) -> T:
+        """Run `fn(cancel)` on the device thread. Raises Overloaded when the queue is full and Timeout
+        when `timeout_s` passes first."""
+        if self.in_flight > self.queue_size:
+            raise Overloaded(
+                f"{self.device} queue is full ({self.queue_size} waiting)",
+                retry_after_s=max(1, self.in_flight),
+            )
+        cancel = cancel or threading.Event()
+        loop = asyncio.get_running_loop()
+        self.in_flight += 1
+        future = loop.run_in_executor(self.executor, self._wrap(fn, cancel))
+
+        def done(f: asyncio.Future[T]) -> None:
+            self.in_flight -= 1
+            if not f.cancelled():
+                f.exception()  # retrieved here, so an abandoned job's error is never reported as lost
+
+        future.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout_s))
+        except (TimeoutError, asyncio.TimeoutError):
+            cancel.set()
+            raise Timeout(f"no result within the request timeout ({timeout_s:.1f}s left)") from None
+        except asyncio.CancelledError:
+            cancel.set()  # the client went away: stop the work too
+            raise
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
