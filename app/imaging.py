@@ -1,21 +1,23 @@
 """Decode and validate uploads, resize arrays, encode outputs.
 
 Limits are checked from the header before any pixel is decoded. A decoded image keeps what the output
-must carry: alpha, grayscale, 16-bit depth (`I;16` grayscale through Pillow, 16-bit RGB(A) PNG through
-pypng, since Pillow reads those as 8-bit), the ICC profile and PNG text chunks (an SD pipeline's
-`parameters`, ComfyUI's `prompt` / `workflow`). EXIF orientation is applied on decode.
+must carry: alpha, grayscale, 16-bit depth (`I;16` grayscale through Pillow; 16-bit colour, 16-bit gray
+with alpha and 16-bit `tRNS` PNGs through pypng, since Pillow narrows those to 8 bits), the ICC profile
+and PNG text chunks (an SD pipeline's `parameters`, ComfyUI's `prompt` / `workflow`). EXIF orientation is
+applied on decode, and the header's size is the size after it.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
 
@@ -24,10 +26,30 @@ OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pillow calls a JPEG that carries an MPF index (most phone and camera photos) "MPO"; it is still a JPEG.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# The largest side each encoder can write; PNG's limit is far beyond any allowed output.
+_MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_XMP_ORIENTATION = re.compile(r'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>')
+_XMP_KEY = "XML:com.adobe.xmp"
+_PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 
 
 @dataclass(frozen=True)
 class Header:
+    """What probe() read: the format (PNG, JPEG, WEBP, BMP, TIFF or GIF) and the size as displayed,
+    i.e. after EXIF orientation (width and height swap for orientations 5..8)."""
+
     format: str
     width: int
     height: int
@@ -39,7 +61,7 @@ class DecodedImage:
 
     `pixels` is (H, W, C) with C = 1 (grayscale) or 3 (colour), uint8 or uint16 per `bit_depth`;
     `alpha` is (H, W) of the same dtype or None. `image` is the same picture as a Pillow image for the
-    LANCZOS path (None for 16-bit colour, which Pillow cannot hold).
+    LANCZOS path (None for 16-bit colour and 16-bit gray with alpha, which Pillow cannot hold).
     """
 
     pixels: np.ndarray
@@ -69,8 +91,22 @@ def _open(data: bytes) -> Image.Image:
         raise ImageTooLarge(f"image is too large to decode: {exc}") from None
     except UnidentifiedImageError:
         raise InvalidImage("not a readable image (PNG, JPEG, WebP, BMP, TIFF or GIF expected)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (*_DECODE_ERRORS, IndexError, KeyError, TypeError) as exc:
         raise InvalidImage(f"not a readable image: {exc}") from None
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation 1..8 from the metadata read at open, without decoding pixels.
+
+    PngImageFile.getexif() would decode the whole image to look for an eXIf chunk after the pixel data;
+    the base method reads only what open() saw, so probe() and decode() agree on the displayed size.
+    A broken EXIF block does not make the picture unreadable: it counts as "no orientation".
+    """
+    try:
+        value = Image.Image.getexif(img).get(0x0112, 1)
+    except (*_DECODE_ERRORS, IndexError, KeyError, TypeError, UnicodeDecodeError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def probe(data: bytes, max_pixels: int) -> Header:
@@ -78,7 +114,7 @@ def probe(data: bytes, max_pixels: int) -> Header:
     if not data:
         raise InvalidImage("the request has no image data")
     img = _open(data)
-    fmt = img.format or ""
+    fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
     if fmt not in INPUT_FORMATS:
         raise UnsupportedMediaType(f"image format {fmt or 'unknown'} is not supported; use PNG, JPEG or WebP")
     w, h = img.size
@@ -86,42 +122,68 @@ def probe(data: bytes, max_pixels: int) -> Header:
         raise InvalidImage(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageTooLarge(f"input is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    if _orientation(img) >= 5:
+        w, h = h, w
     return Header(fmt, w, h)
 
 
-def _png_color16(data: bytes) -> bool:
-    """True for a PNG whose IHDR says 16-bit RGB or RGBA (colour types 2 and 6)."""
-    if not data.startswith(_PNG_SIGNATURE) or len(data) < 26:
+def _png_needs_pypng(data: bytes, img: Image.Image) -> bool:
+    """True for a 16-bit PNG that Pillow would narrow: colour (types 2, 6), gray + alpha (type 4),
+    or gray with a tRNS key colour (alpha Pillow would not give)."""
+    if not data.startswith(_PNG_SIGNATURE) or len(data) < 26 or data[24] != 16:
         return False
-    depth, color_type = data[24], data[25]
-    return depth == 16 and color_type in (2, 6)
+    color_type = data[25]
+    return color_type in (2, 4, 6) or (color_type == 0 and "transparency" in img.info)
 
 
-def _read_png16(data: bytes) -> np.ndarray:
-    import png  # pypng: pure Python, reads 16-bit colour PNGs that Pillow narrows to 8 bits
+def _read_png16(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, C) uint16 samples with C = 1 or 3, and (H, W) uint16 alpha or None.
+
+    Raw samples (pypng's read(), not asDirect(), which would shift values down to an sBIT depth);
+    a tRNS key colour becomes an alpha plane (0 where the pixel equals it, 65535 elsewhere).
+    """
+    import png  # pypng: pure Python, reads 16-bit PNGs that Pillow narrows to 8 bits
 
     try:
-        w, h, rows, info = png.Reader(bytes=data).asDirect()
+        w, h, rows, info = png.Reader(bytes=data).read()
         planes = int(info["planes"])
-        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
-    except (png.Error, zlib.error, ValueError) as exc:
+        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+    except (png.Error, zlib.error, ValueError, EOFError, struct.error) as exc:
         raise InvalidImage(f"broken 16-bit PNG: {exc}") from None
-    return arr.reshape(h, w, planes)
+    if info.get("alpha"):
+        return arr[..., :-1], arr[..., -1]
+    key = info.get("transparent")
+    if key is None:
+        return arr, None
+    hit = np.all(arr == np.asarray(key, dtype=np.uint16).reshape(1, 1, -1), axis=2)
+    return arr, np.where(hit, 0, 65535).astype(np.uint16)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to an (H, W, ...) array, as ImageOps.exif_transpose does."""
-    ops = {2: "f", 3: "r2", 4: "v", 5: "tf", 6: "r3", 7: "tv", 8: "r1"}.get(orientation, "")
-    if ops.startswith("t"):
-        arr = np.swapaxes(arr, 0, 1)
-        ops = ops[1:]
-    if ops == "f":
+    if orientation == 2:
         arr = arr[:, ::-1]
-    elif ops == "v":
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
         arr = arr[::-1]
-    elif ops.startswith("r"):
-        arr = np.rot90(arr, int(ops[1]))
+    elif orientation == 5:  # transpose: mirror about the main diagonal
+        arr = np.swapaxes(arr, 0, 1)
+    elif orientation == 6:
+        arr = np.rot90(arr, -1)  # 90 degrees clockwise
+    elif orientation == 7:  # transverse: mirror about the other diagonal
+        arr = np.swapaxes(arr, 0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        arr = np.rot90(arr, 1)
     return np.ascontiguousarray(arr)
+
+
+def _png_text(img: Image.Image, orientation: int) -> dict[str, str]:
+    """PNG text chunks as str. Once orientation is applied, XMP must not ask viewers to apply it again."""
+    text = {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
+    if orientation != 1 and _XMP_KEY in text:
+        text[_XMP_KEY] = _XMP_ORIENTATION.sub("", text[_XMP_KEY])
+    return text
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
@@ -129,17 +191,19 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     header = probe(data, max_pixels)
     img = _open(data)
     try:
+        orientation = _orientation(img)
         img.load()
         icc = img.info.get("icc_profile")
-        text = {str(k): str(v) for k, v in getattr(img, "text", {}).items()} if header.format == "PNG" else {}
-        orientation = img.getexif().get(0x0112, 1)
-        if _png_color16(data):
-            arr = _orient(_read_png16(data), orientation)
-            alpha = arr[..., 3] if arr.shape[2] == 4 else None
-            return DecodedImage(np.ascontiguousarray(arr[..., :3]), alpha, 16, header.format, None, icc, text)
-        img = ImageOps.exif_transpose(img)
+        text = _png_text(img, orientation) if header.format == "PNG" else {}
+        if _png_needs_pypng(data, img):
+            color, alpha = _read_png16(data)
+            color = _orient(color, orientation)
+            alpha = _orient(alpha, orientation) if alpha is not None else None
+            return DecodedImage(color, alpha, 16, header.format, None, icc, text)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
         img, icc = _working_mode(img, icc)
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
+    except _DECODE_ERRORS as exc:
         raise InvalidImage(f"image data is broken: {exc}") from None
     arr = np.asarray(img)
     if arr.ndim == 2:
@@ -155,6 +219,9 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
 def _working_mode(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
     """Convert to RGB, RGBA, L, LA or I;16 (the modes the pipeline runs on)."""
     mode = img.mode
+    if mode in ("L", "RGB") and "transparency" in img.info:
+        # A tRNS key colour (PNG) is alpha in disguise: make it a real alpha plane.
+        return img.convert("LA" if mode == "L" else "RGBA"), icc
     if mode in ("RGB", "RGBA", "L", "LA", "I;16"):
         return img, icc
     if mode in _GRAY16_MODES:
@@ -177,7 +244,8 @@ def _working_mode(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, byt
 
 
 def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """LANCZOS-resize a float32 (H, W, C) or (H, W) array to `size` = (W, H), channel by channel."""
+    """LANCZOS-resize a float32 (H, W, C) or (H, W) array to `size` = (W, H), channel by channel.
+    Values are not clipped: LANCZOS may overshoot the input range a little (quantize() clips)."""
     if arr.ndim == 2:
         return np.asarray(
             Image.fromarray(arr.astype(np.float32, copy=False), "F").resize(size, Image.Resampling.LANCZOS)
@@ -199,46 +267,71 @@ def to_unit_float(arr: np.ndarray) -> np.ndarray:
 
 
 def quantize(arr: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float (any shape, about 0..1) -> uint8 or uint16, rounded and clipped."""
+    """float (any shape, about 0..1) -> uint8 or uint16, rounded to nearest and clipped.
+
+    Works in float32 whatever comes in: float16 cannot even hold 65535. NaN (a model that overflowed)
+    becomes 0 instead of an undefined cast.
+    """
     peak, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
-    out = np.clip(arr, 0.0, 1.0)
+    out = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(out, 0.0, 1.0, out=out)
     out *= peak
     out += 0.5
     return out.astype(dtype)
 
 
 def compose(color: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> Image.Image | np.ndarray:
-    """Build the output picture from float arrays: a Pillow image, or for 16-bit colour a uint16 array."""
+    """Build the output picture from float arrays: `color` (H, W, 1|3), `alpha` (H, W) or None, about 0..1.
+
+    Returns a Pillow image (L, LA, RGB, RGBA, or I;16 for 16-bit gray without alpha), or a uint16
+    (H, W, 2|3|4) array for what Pillow cannot hold: 16-bit gray + alpha and 16-bit colour.
+    """
     q = quantize(color, bit_depth)
     a = quantize(alpha, bit_depth) if alpha is not None else None
-    if q.shape[2] == 1:
-        if bit_depth == 16:
-            return Image.fromarray(q[..., 0])  # I;16 (alpha on 16-bit gray is not representable in Pillow)
-        return Image.fromarray(np.dstack([q, a]), "LA") if a is not None else Image.fromarray(q[..., 0], "L")
     if bit_depth == 16:
+        if q.shape[2] == 1 and a is None:
+            return Image.fromarray(q[..., 0])  # I;16
         return np.dstack([q, a]) if a is not None else q
+    if q.shape[2] == 1:
+        return Image.fromarray(np.dstack([q, a]), "LA") if a is not None else Image.fromarray(q[..., 0], "L")
     return Image.fromarray(np.dstack([q, a]), "RGBA") if a is not None else Image.fromarray(q, "RGB")
 
 
 def output_format(requested: str | None, source_format: str) -> str:
     """The Pillow format name to encode to. Raises InvalidParameter for an unknown `format`."""
     if requested:
-        key = requested.lower()
+        key = requested.strip().lower()
         if key not in OUTPUT_FORMATS:
             raise InvalidParameter(f"format must be png, jpeg or webp, not {requested!r}")
         return OUTPUT_FORMATS[key]
+    source_format = _FORMAT_ALIASES.get(source_format, source_format)
     return source_format if source_format in MEDIA_TYPES else "PNG"
+
+
+def _narrow(arr: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8, rounded to nearest (v * 255 / 65535)."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode in _GRAY16_MODES:
-        arr = np.asarray(img, dtype=np.uint16)
-        return Image.fromarray((arr >> 8).astype(np.uint8), "L")
+        return Image.fromarray(_narrow(np.asarray(img, dtype=np.uint16)), "L")
     return img
 
 
 def _array16_to_pil8(arr: np.ndarray) -> Image.Image:
-    return Image.fromarray((arr >> 8).astype(np.uint8), "RGBA" if arr.shape[2] == 4 else "RGB")
+    planes = arr.shape[2]
+    q = _narrow(arr)
+    return Image.fromarray(q[..., 0] if planes == 1 else q, _PIL_MODES[planes])
+
+
+def _icc_for(icc: bytes | None, gray: bool) -> bytes | None:
+    """The profile if it fits the output's colour space (ICC header bytes 16..20), else None: a GRAY
+    profile on RGB pixels (or an RGB one on gray pixels) is invalid, and viewers reject or misrender it."""
+    if not icc or len(icc) < 20:
+        return None
+    space = icc[16:20]
+    return icc if space == (b"GRAY" if gray else b"RGB ") else None
 
 
 def encode(
@@ -252,18 +345,24 @@ def encode(
 ) -> bytes:
     """Encode to PNG / JPEG / WEBP, carrying the ICC profile and (PNG) text chunks.
 
-    A uint16 (H, W, 3|4) array is written as a 16-bit PNG; other formats narrow it to 8 bits. JPEG has
-    no alpha (dropped) and WebP no grayscale (stored as RGB): each format keeps what it can.
+    A uint16 (H, W, 2|3|4) array is written as a 16-bit PNG; other formats narrow it to 8 bits. JPEG has
+    no alpha (dropped) and WebP no grayscale (stored as RGB): each format keeps what it can. The ICC
+    profile is kept when it matches the written colour space. Raises InvalidParameter when the picture is
+    larger than the format can hold (JPEG 65500, WebP 16383 pixels a side).
     """
+    size = (picture.shape[1], picture.shape[0]) if isinstance(picture, np.ndarray) else picture.size
+    limit = _MAX_SIDE.get(fmt)
+    if limit is not None and max(size) > limit:
+        raise InvalidParameter(
+            f"{fmt} cannot hold {size[0]}x{size[1]} (at most {limit} pixels a side); ask for format=png"
+        )
     buf = io.BytesIO()
     if isinstance(picture, np.ndarray):
         if fmt == "PNG":
-            _write_png16(buf, picture, png_level, icc_profile, text)
+            _write_png16(buf, picture, png_level, _icc_for(icc_profile, picture.shape[2] <= 2), text)
             return buf.getvalue()
         picture = _array16_to_pil8(picture)
     params: dict[str, object] = {}
-    if icc_profile:
-        params["icc_profile"] = icc_profile
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         for key, value in text.items():
@@ -272,13 +371,16 @@ def encode(
     elif fmt == "JPEG":
         picture = _to_8bit(picture)
         if picture.mode in ("RGBA", "LA"):
-            picture = picture.convert(picture.mode[:-1] or "L")
+            picture = picture.convert(picture.mode[:-1])
         params.update(quality=quality or 95)
     else:  # WEBP
         picture = _to_8bit(picture)
         if picture.mode in ("L", "LA"):
             picture = picture.convert("RGBA" if picture.mode == "LA" else "RGB")
         params.update(quality=quality or 95, method=4)
+    icc = _icc_for(icc_profile, picture.mode in ("L", "LA") or picture.mode in _GRAY16_MODES)
+    if icc:
+        params["icc_profile"] = icc
     picture.save(buf, fmt, **params)
     return buf.getvalue()
 
@@ -286,21 +388,28 @@ def encode(
 def _write_png16(
     buf: io.BytesIO, arr: np.ndarray, level: int, icc: bytes | None, text: dict[str, str]
 ) -> None:
+    """Write a uint16 (H, W, 2|3|4) array (gray + alpha, RGB, RGBA) as a 16-bit PNG with iCCP / iTXt."""
     import png
 
     h, w, planes = arr.shape
-    writer = png.Writer(w, h, greyscale=False, alpha=planes == 4, bitdepth=16, compression=level)
+    writer = png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16, compression=level)
     tmp = io.BytesIO()
-    writer.write_array(tmp, arr.reshape(-1))
+    writer.write_array(tmp, np.ascontiguousarray(arr, dtype=np.uint16).reshape(-1))
     data = tmp.getvalue()
-    # pypng writes no iCCP / tEXt: splice them in right after IHDR (8-byte signature + 25-byte IHDR).
+    # pypng writes no iCCP / iTXt: splice them in right after IHDR (8-byte signature + 25-byte IHDR).
     extra = b""
     if icc:
         extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
     for key, value in text.items():
-        extra += _png_chunk(
-            b"iTXt", key.encode("latin-1", "replace")[:79] + b"\x00\x00\x00\x00\x00" + value.encode("utf-8")
-        )
+        keyword = key.encode("latin-1", "replace")[:79]
+        if not keyword:
+            continue
+        raw = value.encode("utf-8")
+        # keyword NUL, compression flag + method, empty language tag NUL, empty translated keyword NUL
+        if len(raw) > 1024:
+            extra += _png_chunk(b"iTXt", keyword + b"\x00\x01\x00\x00\x00" + zlib.compress(raw))
+        else:
+            extra += _png_chunk(b"iTXt", keyword + b"\x00\x00\x00\x00\x00" + raw)
     buf.write(data[:33] + extra + data[33:])
 
 

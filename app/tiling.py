@@ -113,7 +113,7 @@ def _run_or_split(
     except Exception as exc:
         if not is_oom(exc):
             raise
-    half = min(tile, max(region.shape[:2])) // 2
-    if half < MIN_TILE:
+    current = min(tile, max(region.shape[:2]))
+    if current <= MIN_TILE:
         raise OutOfMemory(f"out of memory even with {MIN_TILE}px tiles")
-    return upscale_tiled(region, fn, scale, half, pad, cancel=cancel)
+    return upscale_tiled(region, fn, scale, max(MIN_TILE, current // 2), pad, cancel=cancel)

@@ -95,7 +95,9 @@ class TorchRunner:
         torch = self.torch
         h, w, c = tile.shape
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(tile))
+            tile = np.ascontiguousarray(tile)
+            # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
+            x = torch.from_numpy(tile) if tile.flags.writeable else torch.tensor(tile)
             if self.device == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             elif self.device != "cpu":
@@ -176,12 +178,15 @@ class PyTorchBackend:
         """Load tensors through a safe path only. Raises ValueError with the reason."""
         torch = self.torch
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
             from safetensors.torch import load_file
 
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-            return load_file(str(path)), meta
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = dict(f.metadata() or {})
+                return load_file(str(path)), meta
+            except SafetensorError as exc:
+                raise ValueError(f"not a readable safetensors file ({str(exc)[:200]})") from None
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -234,5 +239,6 @@ class PyTorchBackend:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+    """The exception as one line (multi-line messages such as load_state_dict's joined by '; ')."""
+    text = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from typing import Any
 
@@ -23,8 +24,8 @@ LATENT_GRID = 8
 
 
 def round_to_grid(v: float) -> int:
-    """Nearest multiple of 8 (the SD latent grid), at least 8."""
-    return max(LATENT_GRID, round(v / LATENT_GRID) * LATENT_GRID)
+    """Nearest multiple of 8 (the SD latent grid; halves round up), at least 8."""
+    return max(LATENT_GRID, math.floor(v / LATENT_GRID + 0.5) * LATENT_GRID)
 
 
 def hires_target(w: int, h: int, req: GenerateRequest) -> Target:
@@ -66,10 +67,13 @@ async def _read_request(request: Request, limit: int) -> tuple[GenerateRequest, 
     body = await read_body(request, limit)
     if ctype == "multipart/form-data":
         form = await parse_multipart(request.headers, body)
-        files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
-        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        req = validate_model(GenerateRequest, fields)
-        images = [await f.read() for f in files]
+        try:
+            files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
+            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            req = validate_model(GenerateRequest, fields)
+            images = [await f.read() for f in files]
+        finally:
+            await form.close()
     elif ctype in ("application/json", ""):
         try:
             payload = json.loads(body)

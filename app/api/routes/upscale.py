@@ -88,11 +88,14 @@ async def upscale(request: Request, state: StateDep) -> Response:
     fields: dict[str, str] = dict(request.query_params)
     if ctype == "multipart/form-data":
         form = await parse_multipart(request.headers, body)
-        image = form.get("image")
-        if not isinstance(image, UploadFile):
-            raise InvalidImage("multipart body has no file part named 'image'")
-        data = await image.read()
-        fields.update({k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)})
+        try:
+            image = form.get("image")
+            if not isinstance(image, UploadFile):
+                raise InvalidImage("multipart body has no file part named 'image'")
+            data = await image.read()
+            fields.update({k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)})
+        finally:
+            await form.close()
     else:
         data = body
     options = to_options(validate_model(UpscaleParams, fields))
