@@ -20,10 +20,10 @@ from app import imaging
 from app.backends.base import MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
 from app.config import Settings
-from app.errors import Cancelled, ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnavailable, OutOfMemory
+from app.engine import run_model
+from app.errors import ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnavailable, OutOfMemory
 from app.fallback import LANCZOS, Choice, choose
 from app.scheduler import DeviceQueue
-from app.tiling import is_oom, upscale_tiled
 
 log = logging.getLogger("app.service")
 
@@ -201,25 +201,18 @@ class UpscaleService:
     def _passes(
         self, pixels: np.ndarray, entry: ModelEntry, target: Target, cancel: threading.Event
     ) -> np.ndarray:
-        """Run the model (repeatedly if its scale is short of the target). Runs on the device thread."""
-        runner = entry.runner
-        assert runner is not None
-        tile = self.settings.tile if self.settings.tile is not None else runner.default_tile
-        x: np.ndarray = pixels
-        total = 1
-        while True:
-            try:
-                x = upscale_tiled(x, runner.run, runner.scale, tile, self.settings.tile_pad, cancel=cancel)
-            except (OutOfMemory, Cancelled):
-                raise
-            except Exception as exc:
-                if is_oom(exc):
-                    raise OutOfMemory(str(exc)) from None
-                raise ModelFailed(f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
-            total *= runner.scale
-            bigger = x.shape[0] * x.shape[1] * runner.scale**2
-            if total >= target.factor - 1e-6 or runner.scale == 1 or bigger > self.settings.max_output_pixels:
-                return x
+        """Runs on the device thread."""
+        assert entry.runner is not None
+        s = self.settings
+        return run_model(
+            pixels,
+            entry.runner,
+            target.factor,
+            tile=s.tile,
+            pad=s.tile_pad,
+            max_pixels=s.max_output_pixels,
+            cancel=cancel,
+        )
 
     @staticmethod
     def _finish(x: np.ndarray, decoded: imaging.DecodedImage, target: Target) -> Image.Image | np.ndarray:
