@@ -13,7 +13,12 @@ def main() -> int:
     except SettingsError as exc:
         print(f"upscaler: {exc}", file=sys.stderr)
         return 2
+    import logging
+
     import uvicorn
+
+    # The service's own loggers (model loading, fallbacks) beside uvicorn's.
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
 
     from app.main import create_app
 

@@ -12,20 +12,23 @@ from __future__ import annotations
 import io
 import re
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from app import png16
 from app.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
+
+# Pixel limits are the service's own (checked from the header in probe); Pillow's decompression-bomb
+# guard would only duplicate them, and a per-call warnings filter is not thread-safe.
+Image.MAX_IMAGE_PIXELS = None
 
 INPUT_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow calls a JPEG that carries an MPF index (most phone and camera photos) "MPO"; it is still a JPEG.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 # The largest side each encoder can write; PNG's limit is far beyond any allowed output.
@@ -83,12 +86,7 @@ class DecodedImage:
 
 def _open(data: bytes) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit is checked right after; Pillow's bomb warning would only duplicate it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image is too large to decode: {exc}") from None
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InvalidImage("not a readable image (PNG, JPEG, WebP, BMP, TIFF or GIF expected)") from None
     except (*_DECODE_ERRORS, IndexError, KeyError, TypeError) as exc:
@@ -127,38 +125,6 @@ def probe(data: bytes, max_pixels: int) -> Header:
     return Header(fmt, w, h)
 
 
-def _png_needs_pypng(data: bytes, img: Image.Image) -> bool:
-    """True for a 16-bit PNG that Pillow would narrow: colour (types 2, 6), gray + alpha (type 4),
-    or gray with a tRNS key colour (alpha Pillow would not give)."""
-    if not data.startswith(_PNG_SIGNATURE) or len(data) < 26 or data[24] != 16:
-        return False
-    color_type = data[25]
-    return color_type in (2, 4, 6) or (color_type == 0 and "transparency" in img.info)
-
-
-def _read_png16(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, C) uint16 samples with C = 1 or 3, and (H, W) uint16 alpha or None.
-
-    Raw samples (pypng's read(), not asDirect(), which would shift values down to an sBIT depth);
-    a tRNS key colour becomes an alpha plane (0 where the pixel equals it, 65535 elsewhere).
-    """
-    import png  # pypng: pure Python, reads 16-bit PNGs that Pillow narrows to 8 bits
-
-    try:
-        w, h, rows, info = png.Reader(bytes=data).read()
-        planes = int(info["planes"])
-        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
-    except (png.Error, zlib.error, ValueError, EOFError, struct.error) as exc:
-        raise InvalidImage(f"broken 16-bit PNG: {exc}") from None
-    if info.get("alpha"):
-        return arr[..., :-1], arr[..., -1]
-    key = info.get("transparent")
-    if key is None:
-        return arr, None
-    hit = np.all(arr == np.asarray(key, dtype=np.uint16).reshape(1, 1, -1), axis=2)
-    return arr, np.where(hit, 0, 65535).astype(np.uint16)
-
-
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to an (H, W, ...) array, as ImageOps.exif_transpose does."""
     if orientation == 2:
@@ -195,8 +161,8 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         img.load()
         icc = img.info.get("icc_profile")
         text = _png_text(img, orientation) if header.format == "PNG" else {}
-        if _png_needs_pypng(data, img):
-            color, alpha = _read_png16(data)
+        if png16.needs_pypng(data, img):
+            color, alpha = png16.read(data)
             color = _orient(color, orientation)
             alpha = _orient(alpha, orientation) if alpha is not None else None
             return DecodedImage(color, alpha, 16, header.format, None, icc, text)
@@ -359,7 +325,7 @@ def encode(
     buf = io.BytesIO()
     if isinstance(picture, np.ndarray):
         if fmt == "PNG":
-            _write_png16(buf, picture, png_level, _icc_for(icc_profile, picture.shape[2] <= 2), text)
+            png16.write(buf, picture, png_level, _icc_for(icc_profile, picture.shape[2] <= 2), text)
             return buf.getvalue()
         picture = _array16_to_pil8(picture)
     params: dict[str, object] = {}
@@ -383,36 +349,3 @@ def encode(
         params["icc_profile"] = icc
     picture.save(buf, fmt, **params)
     return buf.getvalue()
-
-
-def _write_png16(
-    buf: io.BytesIO, arr: np.ndarray, level: int, icc: bytes | None, text: dict[str, str]
-) -> None:
-    """Write a uint16 (H, W, 2|3|4) array (gray + alpha, RGB, RGBA) as a 16-bit PNG with iCCP / iTXt."""
-    import png
-
-    h, w, planes = arr.shape
-    writer = png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16, compression=level)
-    tmp = io.BytesIO()
-    writer.write_array(tmp, np.ascontiguousarray(arr, dtype=np.uint16).reshape(-1))
-    data = tmp.getvalue()
-    # pypng writes no iCCP / iTXt: splice them in right after IHDR (8-byte signature + 25-byte IHDR).
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
-    for key, value in text.items():
-        keyword = key.encode("latin-1", "replace")[:79]
-        if not keyword:
-            continue
-        raw = value.encode("utf-8")
-        # keyword NUL, compression flag + method, empty language tag NUL, empty translated keyword NUL
-        if len(raw) > 1024:
-            extra += _png_chunk(b"iTXt", keyword + b"\x00\x01\x00\x00\x00" + zlib.compress(raw))
-        else:
-            extra += _png_chunk(b"iTXt", keyword + b"\x00\x00\x00\x00\x00" + raw)
-    buf.write(data[:33] + extra + data[33:])
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
