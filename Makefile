@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build by default; for CUDA use e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>".
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,coreml
 
 .PHONY: install run test lint typecheck pytest bench evaluate clean
 
