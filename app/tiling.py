@@ -1,7 +1,8 @@
 """Tiled upscaling around any callable: split, pad with context, run, blend the overlaps in place.
 
 Knows nothing of models. Each tile's core (a `tile` x `tile` cell of a grid) is widened by `blend`
-pixels on every inner side and fed with `pad` more pixels of context; its output is weighted by a
+pixels on every inner side and fed with `pad` more pixels of context (a window of constant size
+`tile + 2*pad`, shifted inward at the image edges); its output is weighted by a
 separable ramp that rises over the 2*`blend` band shared with the neighbour. Neighbouring ramps sum
 to one, so the weighted outputs add straight into the output buffer with no normalisation pass and no
 visible seam. Image borders get no ramp.
@@ -46,6 +47,12 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(i * step, min(length, (i + 1) * step)) for i in range(n) if i * step < length]
 
 
+def _fed_start(kept_start: int, length: int, fed: int, context: int) -> int:
+    """Start of the fed window: `context` before the kept region, shifted inward at the image edges so
+    every window has the same size (one tensor shape: kernels and fixed-shape packages are reused)."""
+    return max(0, min(kept_start - context, length - fed))
+
+
 def is_oom(exc: BaseException) -> bool:
     """MemoryError, or torch's CUDA/MPS out-of-memory (a RuntimeError subclass or message)."""
     if isinstance(exc, MemoryError):
@@ -78,22 +85,21 @@ def upscale_tiled(
         return out
     blend = min(pad // 2, tile // 4)
     for y0, y1 in _spans(h, tile):
+        ky0, ky1 = max(0, y0 - blend), min(h, y1 + blend)
+        fy0 = _fed_start(ky0, h, tile + 2 * pad, pad - blend)
+        fy1 = min(h, fy0 + tile + 2 * pad)
+        wy = _ramp(
+            (ky1 - ky0) * scale, 2 * blend * scale if y0 > 0 else 0, 2 * blend * scale if y1 < h else 0
+        )
         for x0, x1 in _spans(w, tile):
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            # Kept region (core widened by `blend` inside the image) and fed region (plus context).
-            ky0, ky1, kx0, kx1 = (
-                max(0, y0 - blend),
-                min(h, y1 + blend),
-                max(0, x0 - blend),
-                min(w, x1 + blend),
-            )
-            fy0, fy1 = max(0, ky0 - (pad - blend)), min(h, ky1 + (pad - blend))
-            fx0, fx1 = max(0, kx0 - (pad - blend)), min(w, kx1 + (pad - blend))
+            kx0, kx1 = max(0, x0 - blend), min(w, x1 + blend)
+            fx0 = _fed_start(kx0, w, tile + 2 * pad, pad - blend)
+            fx1 = min(w, fx0 + tile + 2 * pad)
             result = _run_or_split(img[fy0:fy1, fx0:fx1], fn, scale, tile, pad, cancel)
             oy, ox = (ky0 - fy0) * scale, (kx0 - fx0) * scale
             kept = result[oy : oy + (ky1 - ky0) * scale, ox : ox + (kx1 - kx0) * scale]
-            wy = _ramp(kept.shape[0], 2 * blend * scale if y0 > 0 else 0, 2 * blend * scale if y1 < h else 0)
             wx = _ramp(kept.shape[1], 2 * blend * scale if x0 > 0 else 0, 2 * blend * scale if x1 < w else 0)
             region = out[ky0 * scale : ky1 * scale, kx0 * scale : kx1 * scale]
             region += kept * wy[:, None, None] * wx[None, :, None]

@@ -98,3 +98,16 @@ def test_upscale_tiled_stops_when_cancelled() -> None:
     with pytest.raises(Cancelled):
         upscale_tiled(np.zeros((64, 64, 3), np.float32), fn, 2, 16, 4, cancel=flag)
     assert len(seen) == 1
+
+
+def test_upscale_tiled_feeds_one_window_shape() -> None:
+    shapes: set[tuple[int, ...]] = set()
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        shapes.add(x.shape)
+        return nearest(x)
+
+    img = np.random.default_rng(4).random((150, 233, 3), dtype=np.float32)
+    out = upscale_tiled(img, fn, 2, 48, 8)
+    np.testing.assert_allclose(out, nearest(img), atol=1e-5)
+    assert shapes == {(64, 64, 3)}

@@ -1,0 +1,308 @@
+"""Speed and memory of neural upscaling, side by side with the plain way, in one run.
+
+    python scripts/bench.py                       # x4plus- and x2plus-shaped nets + shipped models, 128..512 px
+    python scripts/bench.py --large               # adds 1024 px (1024 -> 4096 for x4: the memory bound)
+    python scripts/bench.py ~/RealESRGAN_x4plus.pth --models x4plus --sizes 256
+
+Rows per model and input size:
+  reference   plain eager fp32 NCHW whole-image forward (as Real-ESRGAN's inference script runs it)
+  ref+io      the same plus PNG decode and encode (what that script does per image)
+  engine      the service's engine in-process (app.engine.run_model: tiles, channels_last, precision)
+  http        the service over HTTP: a real `python -m app` on 127.0.0.1, decode and encode included
+GFLOP/s comes from the analytic multiply-add count; peak RSS is sampled during each row (the server's
+process for http). Then the LANCZOS path over HTTP against in-process Pillow, /health latency while the
+benchmark ran, and output encode times per format. Nothing here is asserted: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.backends.base import ModelEntry  # noqa: E402
+from app.backends.checkpoint import detect, normalize_state_dict  # noqa: E402
+from app.backends.pytorch import PyTorchBackend  # noqa: E402
+from app.backends.rrdbnet import RRDBNet, macs_per_input_pixel  # noqa: E402
+from app.engine import run_model  # noqa: E402
+from app.imaging import quantize  # noqa: E402
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+SHAPES = {"x4plus": (4, 64, 23, 32), "x2plus": (2, 64, 23, 32)}
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRSS:
+    """Samples a process's RSS every 10 ms while active; `.peak` in MB."""
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = rss_mb(self.pid)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn: Callable[[], object], pid: int | str = "self") -> tuple[float, float]:
+    with PeakRSS(pid) as mem:
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+    return seconds, mem.peak
+
+
+def test_image(size: int) -> Image.Image:
+    """A real photo (Set14 baboon / Set5 butterfly) cropped or tiled to size x size."""
+    for path in (DATASETS / "Set14" / "baboon.png", DATASETS / "Set5" / "butterfly.png"):
+        if path.exists():
+            src = np.asarray(Image.open(path).convert("RGB"))
+            reps = (-(-size // src.shape[0]), -(-size // src.shape[1]), 1)
+            return Image.fromarray(np.tile(src, reps)[:size, :size])
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def png(img: Image.Image, level: int = 6) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def reference_net(sd: dict, arch: tuple[int, int, int, int]) -> RRDBNet:
+    scale, feat, blocks, grow = arch
+    net = RRDBNet(3, 3, scale, feat, blocks, grow)
+    net.load_state_dict(sd)
+    return net.eval()
+
+
+def reference_forward(net: RRDBNet, img: np.ndarray) -> np.ndarray:
+    """As inference_realesrgan.py on CPU: fp32, NCHW, whole image, no_grad."""
+    x = torch.from_numpy(np.transpose(img.astype(np.float32) / 255.0, (2, 0, 1))).unsqueeze(0)
+    with torch.no_grad():
+        out = net(x).squeeze().float().clamp_(0, 1).numpy()
+    return (np.transpose(out, (1, 2, 0)) * 255.0).round().astype(np.uint8)
+
+
+class Server:
+    """`python -m app` on 127.0.0.1 with the given weights folder."""
+
+    def __init__(self, weights: Path, env: dict[str, str]) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(self.port),
+                    "UPSCALER_WEIGHTS_DIR": str(weights), "UPSCALER_LOG_LEVEL": "warning", **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env)
+        import httpx2 as httpx
+
+        self.http = httpx.Client(timeout=600)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get(f"{self.url}/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise SystemExit("server did not start")
+
+    def upscale(self, data: bytes, **fields: str) -> bytes:
+        resp = self.http.post(f"{self.url}/upscale", files={"image": ("in.png", data, "image/png")}, data=fields)
+        if resp.status_code != 200:
+            raise SystemExit(f"server answered {resp.status_code}: {resp.text[:300]}")
+        return resp.content
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class HealthProbe:
+    """Polls /health on its own connection while the benchmark runs; latencies in ms."""
+
+    def __init__(self, url: str) -> None:
+        import httpx2 as httpx
+
+        self.url, self.ms, self._stop = url, [], threading.Event()
+        self._client = httpx.Client(timeout=30)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            t0 = time.perf_counter()
+            self._client.get(f"{self.url}/health")
+            self.ms.append((time.perf_counter() - t0) * 1000)
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.ms
+
+
+def table(title: str, head: list[str], rows: list[list[str]]) -> None:
+    print(f"\n{title}\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+def bench_model(name: str, sd: dict, arch: tuple[int, int, int, int], sizes: list[int], server: Server | None,
+                backend: PyTorchBackend, weights_file: Path) -> None:
+    scale = arch[0]
+    macs = macs_per_input_pixel(scale, arch[1], arch[2], arch[3])
+    net = reference_net(sd, arch)
+    entry = ModelEntry(name, "pytorch", weights_file)
+    backend.load(entry)
+    assert entry.runner is not None, entry.reason
+    runner = entry.runner
+    reference_forward(net, np.zeros((32, 32, 3), np.uint8))  # warm-up, like the service's
+    rows = []
+    for size in sizes:
+        img = test_image(size)
+        arr = np.asarray(img)
+        data = png(img)
+        gflop = 2 * macs * size * size / 1e9
+        t_ref, m_ref = timed(lambda arr=arr: reference_forward(net, arr))
+
+        def ref_io(data: bytes = data) -> bytes:
+            return png(Image.fromarray(reference_forward(net, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))))
+
+        t_io, m_io = timed(ref_io)
+        t_eng, m_eng = timed(lambda arr=arr: quantize(run_model(arr, runner, scale), 8))
+        measured = [("reference", t_ref, m_ref), ("ref+io", t_io, m_io), ("engine", t_eng, m_eng)]
+        if server is not None:
+            t_http, m_http = timed(lambda data=data: server.upscale(data, model=name, scale=str(scale)),
+                                   pid=server.proc.pid)
+            measured.append(("http", t_http, m_http))
+        for row, secs, mem in measured:
+            rows.append([f"{size}²→{size * scale}²", row, f"{secs:.3f}", f"{gflop / secs:.0f}", f"{mem:.0f}",
+                         f"{t_ref / secs:.2f}x", f"{t_io / secs:.2f}x"])
+    status = backend.status()
+    table(f"{name}: RRDBNet x{scale}, {arch[2]} blocks, {arch[1]} features ({macs / 1e6:.2f} M MAC per input px); "
+          f"engine {status.device} {status.precision}, tile {runner.default_tile}",
+          ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"], rows)
+
+
+def bench_lanczos(server: Server, level: int) -> None:
+    img = test_image(1024)
+    data = png(img, level)
+    rows = []
+
+    def local() -> bytes:
+        src = Image.open(io.BytesIO(data))
+        return png(src.resize((2048, 2048), Image.Resampling.LANCZOS), level)
+
+    local()
+    server.upscale(data, model="lanczos", scale="2")
+    t_local = min(timed(local)[0] for _ in range(3))
+    t_http = min(timed(lambda: server.upscale(data, model="lanczos", scale="2"))[0] for _ in range(3))
+    rows.append(["in-process Pillow decode + resize + encode", f"{t_local:.3f}", "1.00x"])
+    rows.append(["service over HTTP (model=lanczos)", f"{t_http:.3f}", f"{t_http / t_local:.2f}x"])
+    table(f"LANCZOS 1024²→2048² PNG (compress level {level}), best of 3", ["path", "seconds", "vs Pillow"], rows)
+
+
+def bench_encode(size: int) -> None:
+    img = test_image(size // 4).resize((size, size), Image.Resampling.BICUBIC)
+    rows = []
+    for fmt, params in [("PNG", {"compress_level": lv}) for lv in (0, 1, 3, 6, 9)] + [
+        ("JPEG", {"quality": 95}), ("WEBP", {"quality": 95, "method": 4})]:
+        buf = io.BytesIO()
+        secs, _ = timed(lambda buf=buf, fmt=fmt, params=params: img.save(buf, fmt, **params))
+        label = f"{fmt} " + ", ".join(f"{k}={v}" for k, v in params.items())
+        rows.append([label, f"{secs:.3f}", f"{len(buf.getvalue()) / 1e6:.1f}"])
+    table(f"Encoding a {size}² RGB output", ["format", "seconds", "MB"], rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="*", type=Path, help="more checkpoints to benchmark")
+    p.add_argument("--models", default="x4plus,x2plus,shipped", help="x4plus, x2plus, shipped (comma list)")
+    p.add_argument("--sizes", default="128,256,512")
+    p.add_argument("--large", action="store_true", help="add 1024 px inputs")
+    p.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
+    p.add_argument("--precision", default="auto")
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] + ([1024] if args.large else [])
+    kinds = args.models.split(",")
+
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="upscaler-bench-"))
+    from safetensors.torch import load_file, save_file
+
+    models: list[tuple[str, dict, tuple[int, int, int, int], Path]] = []
+    for kind in kinds:
+        if kind in SHAPES:
+            scale, feat, blocks, grow = SHAPES[kind]
+            sd = {k: v.contiguous() for k, v in RRDBNet(3, 3, scale, feat, blocks, grow).state_dict().items()}
+            path = work / f"{kind}-random.safetensors"
+            save_file(sd, str(path))
+            models.append((path.stem, sd, SHAPES[kind], path))
+    extra = list(args.checkpoints)
+    if "shipped" in kinds:
+        extra = sorted((ROOT / "weights").glob("*.safetensors")) + extra
+    loader = PyTorchBackend(device="cpu", precision="fp32")
+    for path in extra:
+        raw, _ = loader.read_state_dict(path)
+        sd = normalize_state_dict(raw)
+        a = detect(sd)
+        dst = work / f"{path.stem}.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(dst))
+        models.append((path.stem, load_file(str(dst)), (a.scale, a.num_feat, a.num_block, a.num_grow_ch), dst))
+
+    backend = PyTorchBackend(device="auto", precision=args.precision)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}; engine precision {backend.precision}")
+    server = None if args.no_http else Server(work, {"UPSCALER_PRECISION": args.precision})
+    probe = HealthProbe(server.url) if server else None
+    try:
+        for name, sd, arch, path in models:
+            bench_model(name, sd, arch, sizes, server, backend, path)
+        if server is not None:
+            bench_lanczos(server, level=1)
+    finally:
+        health = probe.stop() if probe else []
+        if server is not None:
+            server.close()
+    if health:
+        ms = np.asarray(health)
+        table("/health while the benchmark ran", ["requests", "p50 ms", "p99 ms", "max ms"],
+              [[str(len(ms)), f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}"]])
+    bench_encode(2048)
+
+
+if __name__ == "__main__":
+    main()
