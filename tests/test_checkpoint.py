@@ -19,15 +19,23 @@ def _load(path: Path, **kwargs: object) -> ModelEntry:
     return entry
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_load_every_layout_gives_the_same_net(tmp_path: Path, layout: str) -> None:
-    sd = tiny_state_dict(4, seed=3, num_block=2)
+CASES = [(layout, 4) for layout in LAYOUTS] + [
+    (layout, scale)
+    for scale in (1, 2)
+    for layout in LAYOUTS
+    if layout != "model_n"  # model.N is x4 only
+]
+
+
+@pytest.mark.parametrize(("layout", "scale"), CASES)
+def test_load_every_layout_gives_the_same_net(tmp_path: Path, layout: str, scale: int) -> None:
+    sd = tiny_state_dict(scale, seed=3, num_block=2)
     entry = _load(write_checkpoint(sd, tmp_path / "m", layout))
     assert entry.available, entry.reason
-    assert entry.arch is not None and (entry.arch.scale, entry.arch.num_block) == (4, 2)
-    ref = RRDBNet(3, 3, 4, 8, 2, 4).eval()
+    assert entry.arch is not None and (entry.arch.scale, entry.arch.num_block) == (scale, 2)
+    ref = RRDBNet(3, 3, scale, 8, 2, 4).eval()
     ref.load_state_dict(sd)
-    x = np.random.default_rng(0).random((12, 10, 3), dtype=np.float32)
+    x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
     with torch.inference_mode():
         expected = ref(torch.from_numpy(x).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert entry.runner is not None
