@@ -1,0 +1,243 @@
+"""Convert RRDBNet checkpoints to Core ML packages (ML programs), and check a package against torch.
+
+Shared by scripts/convert_coreml.py and the tests. Conversion runs anywhere coremltools installs;
+`compare_with_torch` uses Core ML itself on macOS and the reference executor (mil_reference) elsewhere.
+torch and coremltools are imported inside functions only.
+
+A package takes `input` (1, C, H, W) float32 in 0..1, where H x W is its fixed tile shape or one of a
+few enumerated shapes (no unbounded RangeDim: the Neural Engine wants shapes known at compile time),
+and gives `output` (1, C, H*s, W*s). Its user metadata says what it is; `coreml.describe` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.backends.base import Architecture
+
+TARGETS = ("macOS12", "macOS13", "macOS14", "macOS15", "macOS26")
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_TILE = 256
+MIN_SIDE = 16
+MAX_SHAPES = 16  # Core ML allows 128; each one is compiled and kept per device
+UNSHUFFLE_TARGET = "macOS13"  # the pixel_unshuffle op of x2 / x1 models exists from iOS16 / macOS13 on
+
+
+class UnsupportedRequest(ValueError):
+    """Shapes, target, precision or output this model cannot be converted with; says what to change."""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What `convert_checkpoint` wrote: the package, the converted net (torch, fp32, eval) and its
+    descriptor, the (H, W) input shapes and the user metadata."""
+
+    output: Path
+    net: Any
+    arch: Architecture
+    shapes: list[tuple[int, int]]
+    metadata: dict[str, str]
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'128,256,512' (squares) or '256x384' (H x W) -> sorted unique (H, W). Raises ValueError."""
+    shapes = set()
+    for token in (t.strip() for t in text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:x(\d+))?", token)
+        if not m:
+            raise ValueError(f"bad shape {token!r}: use N for N x N, or HxW, separated by commas")
+        h = int(m.group(1))
+        shapes.add((h, int(m.group(2) or h)))
+    return sorted(shapes, key=lambda s: (s[0] * s[1], s))
+
+
+def format_shapes(shapes: list[tuple[int, int]]) -> str:
+    """The inverse of `parse_shapes`."""
+    return ",".join(str(h) if h == w else f"{h}x{w}" for h, w in shapes)
+
+
+def check_request(arch: Architecture, shapes: list[tuple[int, int]], target: str) -> None:
+    """Raise UnsupportedRequest, saying what to change, for shapes or a target this model cannot have."""
+    if target not in TARGETS:
+        raise UnsupportedRequest(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if arch.scale in (1, 2) and TARGETS.index(target) < TARGETS.index(UNSHUFFLE_TARGET):
+        raise UnsupportedRequest(
+            f"x{arch.scale} RRDBNet models pixel-unshuffle their input, which Core ML has from "
+            f"{UNSHUFFLE_TARGET} on: use --target {UNSHUFFLE_TARGET} or newer (asked for {target})"
+        )
+    if not 1 <= len(shapes) <= MAX_SHAPES:
+        raise UnsupportedRequest(f"give 1 to {MAX_SHAPES} input shapes, not {len(shapes)}")
+    m = arch.size_multiple
+    for h, w in shapes:
+        if min(h, w) < MIN_SIDE or h % m or w % m:
+            multiple = f" and multiples of {m}" if m > 1 else ""
+            raise UnsupportedRequest(
+                f"shape {h}x{w}: sides must be at least {MIN_SIDE}{multiple} for an x{arch.scale} model"
+            )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path) -> tuple[Any, Architecture]:
+    """The service's RRDBNet with `path`'s weights, loaded through the service's safe loader
+    (safetensors, or torch.load(weights_only=True)): (net in fp32 eval mode, descriptor).
+    Raises ValueError (unreadable or refused file, not an RRDBNet) or RuntimeError (no torch)."""
+    import torch
+
+    from app.backends.checkpoint import detect, normalize_state_dict
+    from app.backends.pytorch import PyTorchBackend
+    from app.backends.rrdbnet import RRDBNet
+
+    backend = PyTorchBackend("cpu", "fp32", threads=torch.get_num_threads())
+    if backend.reason:
+        raise RuntimeError(backend.reason)
+    raw, _ = backend.read_state_dict(Path(path))
+    sd = normalize_state_dict(raw)  # UnknownArchitecture is a ValueError
+    arch = detect(sd)
+    net = RRDBNet(arch.in_ch, arch.out_ch, arch.scale, arch.num_feat, arch.num_block, arch.num_grow_ch)
+    net.load_state_dict(sd, strict=True)
+    return net.eval().requires_grad_(False), arch
+
+
+def package_metadata(
+    arch: Architecture, shapes: list[tuple[int, int]], source: Path, sha256: str, precision: str, target: str
+) -> dict[str, str]:
+    """User metadata for the package; `coreml.describe` reads `arch`, `scale` and `hyperparameters`."""
+    hp = {
+        "scale": arch.scale,
+        "in_ch": arch.in_ch,
+        "out_ch": arch.out_ch,
+        "num_feat": arch.num_feat,
+        "num_block": arch.num_block,
+        "num_grow_ch": arch.num_grow_ch,
+    }
+    return {
+        "arch": arch.arch,
+        "scale": str(arch.scale),
+        "hyperparameters": json.dumps(hp, sort_keys=True),
+        "tile_sizes": format_shapes(shapes),
+        "shape_mode": "fixed" if len(shapes) == 1 else "enumerated",
+        "precision": precision,
+        "deployment_target": target,
+        "source_file": source.name,
+        "source_sha256": sha256,
+        "converter": "scripts/convert_coreml.py",
+    }
+
+
+def convert_checkpoint(
+    weights: Path,
+    output: Path,
+    shapes: list[tuple[int, int]] | None = None,
+    precision: str = "fp16",
+    target: str = "macOS13",
+) -> Conversion:
+    """Convert `weights` to the ML program package `output` (.mlpackage, replaced if present).
+    `shapes` defaults to one DEFAULT_TILE square. Raises UnsupportedRequest (a ValueError) for shapes,
+    target, precision or output it cannot have, ValueError for an unreadable or refused checkpoint."""
+    import torch
+
+    from app.backends.coreml import import_coremltools
+
+    if output.suffix != ".mlpackage":
+        raise UnsupportedRequest(f"an ML program is saved as a .mlpackage, not {output.name!r}")
+    if precision not in PRECISIONS:
+        raise UnsupportedRequest(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    shapes = shapes or [(DEFAULT_TILE, DEFAULT_TILE)]
+    net, arch = load_checkpoint(weights)
+    check_request(arch, shapes, target)
+    ct = import_coremltools()
+    c = arch.in_ch
+    if len(shapes) == 1:
+        in_shape: Any = (1, c, *shapes[0])
+    else:
+        in_shape = ct.EnumeratedShapes(shapes=[(1, c, h, w) for h, w in shapes], default=(1, c, *shapes[-1]))
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates TorchScript tracing, but TorchScript is coremltools 9's tested frontend
+        # (torch.export cannot take EnumeratedShapes); the pair is verified by the conversion tests.
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=DeprecationWarning
+        )
+        traced = torch.jit.trace(net, torch.rand(1, c, *shapes[0]))
+    with warnings.catch_warnings():
+        # coremltools 9 leaves its temporary weights folder to the garbage collector, which warns.
+        warnings.filterwarnings(
+            "ignore", message=r"Implicitly cleaning up <TemporaryDirectory", category=ResourceWarning
+        )
+        model = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="input", shape=in_shape, dtype=np.float32)],
+            outputs=[ct.TensorType(name="output", dtype=np.float32)],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            skip_model_load=True,  # loading is for prediction, which exists only on macOS
+        )
+    metadata = package_metadata(arch, shapes, Path(weights), file_sha256(Path(weights)), precision, target)
+    model.user_defined_metadata.update(metadata)
+    model.short_description = f"{arch.arch} x{arch.scale} super-resolution from {Path(weights).name}"
+    channels = "RGB" if c == 3 else "grayscale"
+    model.input_description["input"] = f"{channels} image (1, {c}, H, W) float32 in 0..1"
+    model.output_description["output"] = f"upscaled image (1, {arch.out_ch}, H*{arch.scale}, W*{arch.scale})"
+    model.save(str(output))
+    return Conversion(output, net, arch, list(shapes), metadata)
+
+
+def sample_input(c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A deterministic image-like (1, c, h, w) float32 input in 0..1: smooth gradients plus fine noise."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    planes = [0.5 + 0.4 * np.sin(x / (5 + 3 * i) + y / (7 + 2 * i) + i) for i in range(c)]
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, (c, h, w))
+    return np.clip(np.stack(planes) + noise, 0.0, 1.0).astype(np.float32)[None]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two arrays in 0..1 (clipped first); inf when equal."""
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
+
+
+def compare_with_torch(
+    package: Path, net: Any, shapes: list[tuple[int, int]], compute_units: str = "ALL"
+) -> tuple[str, list[tuple[tuple[int, int], float]]]:
+    """Run the package and `net` (fp32) on `sample_input` at every shape: (runtime, [(shape, PSNR dB)]).
+    The runtime is "coreml" on macOS; elsewhere "reference" (mil_reference, not Core ML itself)."""
+    import torch
+
+    if sys.platform == "darwin":
+        from app.backends.coreml import open_package
+
+        predict, _ = open_package(package, compute_units)
+        runtime = "coreml"
+    else:
+        from app.backends.mil_reference import load_program, run_program
+
+        function = load_program(package)
+        runtime = "reference"
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            return run_program(function, x)
+
+    channels = net.conv_first.in_channels // net.unshuffle**2
+    results = []
+    for h, w in shapes:
+        x = sample_input(channels, h, w)
+        with torch.inference_mode():
+            expected = net(torch.from_numpy(x)).numpy()
+        results.append(((h, w), psnr(np.asarray(predict(x), np.float32), expected)))
+    return runtime, results
