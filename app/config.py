@@ -7,14 +7,16 @@ app starts, and a bad value raises `SettingsError` with one line naming the vari
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "UPSCALER_"
+_ORIGIN = re.compile(r"\*|https?://[^/\s,]+")
 
 
 class SettingsError(Exception):
@@ -43,10 +45,28 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     threads: int = Field(0, ge=0, description="intra-op threads for inference; 0 = all cores")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Memory one request may need (estimated before its work starts; beyond it: 413 image_too_large).
+    memory_budget_mb: float = Field(0.0, ge=0, description="0 = half of the machine's (or container's) RAM")
+    # Comma-separated origins allowed to call from a browser ("*" for any); empty = no CORS headers.
+    cors_origins: str = ""
+    # SIGTERM: stop taking work, give in-flight requests this long to finish, then exit.
+    shutdown_grace_s: float = Field(30.0, ge=0, le=3600)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not '*' or an origin like https://example.com[:port]")
+        return value
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -60,7 +60,27 @@ class NeuralUnavailable(UpscalerError):
 
 
 class NotReady(UpscalerError):
+    """Start-up loading is not done yet."""
+
     type = "not_ready"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ShuttingDown(UpscalerError):
+    """The process is draining after SIGTERM: in-flight work finishes, new work goes elsewhere."""
+
+    type = "shutting_down"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ClientClosed(UpscalerError):
+    """The client disconnected before its result was ready; the answer is only seen in the logs."""
+
+    type = "client_closed_request"
 
 
 class Timeout(UpscalerError):
@@ -90,6 +110,8 @@ STATUS_BY_ERROR: dict[type[UpscalerError], int] = {
     Overloaded: 503,
     NeuralUnavailable: 503,
     NotReady: 503,
+    ShuttingDown: 503,
+    ClientClosed: 499,  # nginx's code for "client closed request": nobody reads it, the access log does
     Timeout: 504,
 }
 

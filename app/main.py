@@ -1,4 +1,5 @@
-"""create_app(settings) builds the ASGI app; its lifespan loads the backends and models once.
+"""create_app(settings) builds the ASGI app; its lifespan loads the backends and models once, and at
+shutdown drains: new work is refused while the work in flight gets UPSCALER_SHUTDOWN_GRACE_S to finish.
 
 `app` below reads no environment and loads nothing at import: the lifespan does, at start-up.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,20 +18,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import AppState
-from app.api.routes import generate, health, upscale
+from app.api.routes import generate, health, metrics, upscale
 from app.backends.base import Backend
 from app.backends.coreml import CoreMLBackend
 from app.backends.pytorch import PyTorchBackend
 from app.backends.registry import Registry
 from app.config import Settings, load_settings
 from app.errors import UpscalerError, error_body, status_of
-from app.scheduler import DeviceQueue
+from app.memory import MIB
+from app.metrics import Metrics
+from app.middleware import REQUEST_ID_HEADER, ObservabilityMiddleware, SettingsCORS
+from app.scheduler import DeviceQueue, wait_idle
 from app.service import UpscaleService
 
 log = logging.getLogger("app")
 
 
-def build_state(settings: Settings) -> AppState:
+def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     """Backends and an empty registry; cheap (torch is imported here when present, nothing loads)."""
     backends: dict[str, Backend] = {
         "pytorch": PyTorchBackend(settings.device, settings.precision, settings.tile, settings.threads),
@@ -37,7 +42,9 @@ def build_state(settings: Settings) -> AppState:
     }
     registry = Registry(backends.values())
     queues: dict[str, DeviceQueue] = {}
-    service = UpscaleService(settings, registry, queues)
+    service = UpscaleService(
+        settings, registry, queues, on_inference=metrics.observe_inference if metrics else None
+    )
     return AppState(settings=settings, registry=registry, service=service, backends=backends)
 
 
@@ -52,6 +59,27 @@ def load_models(state: AppState) -> None:
         log.info("ready: neural models %s; default %s", ", ".join(names), state.service.default_model())
     else:
         log.warning("ready in LANCZOS mode: no neural model can serve (see /health for the reasons)")
+    log.info("memory budget per request: %.0f MiB", state.service.memory_budget / MIB)
+
+
+async def drain(state: AppState) -> None:
+    """Refuse new work, then wait for the device queues to empty, up to the grace period counted from
+    when draining began; what is still running then is told to stop at its next tile."""
+    state.begin_drain()
+    queues = list(state.service.queues.values())
+    busy = sum(q.in_flight for q in queues)
+    if busy:
+        started = state.drain_started if state.drain_started is not None else time.monotonic()
+        left = state.settings.shutdown_grace_s - (time.monotonic() - started)
+        log.info("draining: waiting up to %.1fs for %d request(s) in flight", max(0.0, left), busy)
+        if not await wait_idle(queues, left):
+            log.warning(
+                "shutdown grace period (%.1fs) is over: stopping %d request(s) still in flight",
+                state.settings.shutdown_grace_s,
+                sum(q.in_flight for q in queues),
+            )
+    for queue in queues:
+        queue.shutdown()
 
 
 def create_app(settings: Settings | None = None, *, background_load: bool = True) -> FastAPI:
@@ -60,7 +88,7 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings or load_settings())
+        state = build_state(settings or load_settings(), app.state.metrics)
         app.state.upscaler = state
         if background_load:
             task = asyncio.create_task(asyncio.to_thread(load_models, state))
@@ -69,10 +97,10 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
         try:
             yield
         finally:
+            state.begin_drain()
             if background_load and not task.done():
                 await asyncio.shield(task)
-            for queue in state.service.queues.values():
-                queue.shutdown()
+            await drain(state)
 
     app = FastAPI(
         title="Upscaler",
@@ -83,7 +111,12 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
     app.include_router(health.router, tags=["health"])
     app.include_router(upscale.router, tags=["upscale"])
     app.include_router(generate.router, tags=["generate"])
+    app.include_router(metrics.router, tags=["metrics"])
     install_error_handlers(app)
+    # Per app, never the process-wide registry: several apps in one process must not clash.
+    app.state.metrics = Metrics(lambda: getattr(app.state, "upscaler", None))
+    app.add_middleware(SettingsCORS)
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
     return app
 
 
@@ -92,6 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UpscalerError)
     async def on_upscaler_error(request: Request, exc: UpscalerError) -> JSONResponse:
+        request.state.error = exc.type  # for the access log
         return JSONResponse(
             error_body(exc.type, exc.message), status_code=status_of(exc), headers=exc.headers
         )
@@ -100,11 +134,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        request.state.error = "validation_error"
         return JSONResponse(error_body("validation_error", f"{where}: {first.get('msg')}"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        request.state.error = kind
         return JSONResponse(
             error_body(kind, str(exc.detail)),
             status_code=exc.status_code,
@@ -114,8 +150,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
+        # This answer leaves outside the middlewares (from Starlette's outermost error handler).
+        rid = getattr(request.state, "request_id", None)
         return JSONResponse(
-            error_body("internal_error", "the server failed; the error was logged"), status_code=500
+            error_body("internal_error", "the server failed; the error was logged"),
+            status_code=500,
+            headers={REQUEST_ID_HEADER: rid} if rid else None,
         )
 
 

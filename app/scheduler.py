@@ -1,18 +1,20 @@
 """One bounded queue per device: one model run at a time, a fixed number waiting, the rest refused.
 
-Work runs on the device's single worker thread, off the event loop. A request that times out sets its
-cancel flag, so work still queued is dropped and work already running stops at its next tile.
+Work runs on the device's single worker thread, off the event loop. A request that times out, or whose
+client disconnects, sets its cancel flag: work still queued is dropped before it reaches the model, and
+work already running stops at its next tile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from app.errors import Overloaded, Timeout
+from app.errors import Cancelled, Overloaded, Timeout
 
 T = TypeVar("T")
 
@@ -24,16 +26,21 @@ class DeviceQueue:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
         self.in_flight = 0  # waiting + running, counted until the worker is really done with it
         self.running = 0
+        self._cancels: set[threading.Event] = set()  # of the jobs in flight, for shutdown
 
     @property
     def waiting(self) -> int:
         return self.in_flight - self.running
 
+    @property
+    def cancelled(self) -> int:
+        """Jobs in flight whose request gave up (client gone, timed out): dropped when they reach the
+        device, or stopped at their next tile when already running."""
+        return sum(c.is_set() for c in list(self._cancels))
+
     def _wrap(self, fn: Callable[[threading.Event], T], cancel: threading.Event) -> Callable[[], T]:
         def job() -> T:
             if cancel.is_set():  # its request already gave up while it waited
-                from app.errors import Cancelled
-
                 raise Cancelled()
             self.running += 1
             try:
@@ -46,8 +53,10 @@ class DeviceQueue:
     async def run(
         self, fn: Callable[[threading.Event], T], timeout_s: float, cancel: threading.Event | None = None
     ) -> T:
-        """Run `fn(cancel)` on the device thread. Raises Overloaded when the queue is full and Timeout
-        when `timeout_s` passes first."""
+        """Run `fn(cancel)` on the device thread. Raises Overloaded when the queue is full, Timeout
+        when `timeout_s` passes first, and Cancelled when `cancel` is set before the work started."""
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         if self.in_flight > self.queue_size:
             raise Overloaded(
                 f"{self.device} queue is full ({self.queue_size} waiting)",
@@ -56,10 +65,12 @@ class DeviceQueue:
         cancel = cancel or threading.Event()
         loop = asyncio.get_running_loop()
         self.in_flight += 1
+        self._cancels.add(cancel)
         future = loop.run_in_executor(self.executor, self._wrap(fn, cancel))
 
         def done(f: asyncio.Future[T]) -> None:
             self.in_flight -= 1
+            self._cancels.discard(cancel)
             if not f.cancelled():
                 f.exception()  # retrieved here, so an abandoned job's error is never reported as lost
 
@@ -74,4 +85,19 @@ class DeviceQueue:
             raise
 
     def shutdown(self) -> None:
+        """Drop the jobs still waiting and stop the running one at its next tile, so the worker thread
+        (which the interpreter joins at exit) ends soon."""
+        for cancel in list(self._cancels):
+            cancel.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def wait_idle(queues: Iterable[DeviceQueue], timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Wait until no queue has work in flight, at most `timeout_s`. True when all went idle."""
+    queues = list(queues)
+    end = time.monotonic() + max(0.0, timeout_s)
+    while any(q.in_flight for q in queues):
+        if time.monotonic() >= end:
+            return False
+        await asyncio.sleep(poll_s)
+    return True

@@ -101,6 +101,11 @@ class Health(BaseModel):
     fallbacks: dict[str, int] = Field(default_factory=dict)
 
 
+class Ready(BaseModel):
+    ready: bool
+    status: Literal["ok", "degraded", "starting", "draining"]
+
+
 class ErrorDetail(BaseModel):
     type: str
     message: str
@@ -110,6 +115,19 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    503: {
+        "Retry-After": {"description": "with `overloaded`: seconds to wait", "schema": {"type": "integer"}},
+        "X-Fallback-Reason": {"description": "with `neural_unavailable`: why", "schema": {"type": "string"}},
+    }
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given error status codes."""
-    return {code: {"model": ErrorBody} for code in codes}
+    """OpenAPI `responses` entries for the given error status codes (with the headers they may carry)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        responses[code] = {"model": ErrorBody}
+        if code in _ERROR_HEADERS:
+            responses[code]["headers"] = _ERROR_HEADERS[code]
+    return responses

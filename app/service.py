@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,13 @@ from app.config import Settings
 from app.engine import run_model
 from app.errors import ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnavailable, OutOfMemory
 from app.fallback import LANCZOS, Choice, choose
+from app.memory import MIB, budget_bytes, estimate_bytes
 from app.scheduler import DeviceQueue
 
 log = logging.getLogger("app.service")
+
+InferenceHook = Callable[[str, str, float], None]
+"""Called on the device thread after each model run: (model name, backend, seconds)."""
 
 MAX_SCALE = 8.0
 
@@ -86,10 +91,19 @@ def target_size(w: int, h: int, scale: float | None, width: int | None, height: 
 
 
 class UpscaleService:
-    def __init__(self, settings: Settings, registry: Registry, queues: dict[str, DeviceQueue]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        queues: dict[str, DeviceQueue],
+        *,
+        on_inference: InferenceHook | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.queues = queues
+        self.memory_budget = budget_bytes(settings.memory_budget_mb)
+        self.on_inference = on_inference
         self.fallbacks: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -111,6 +125,27 @@ class UpscaleService:
         if first:
             log.warning("falling back to LANCZOS for %s: %s (%s)", model, reason, detail or "no detail")
 
+    def check_memory(self, w: int, h: int, target: Target, entry: ModelEntry | None) -> int:
+        """The estimated peak bytes of this request; raises ImageTooLarge beyond the memory budget."""
+        s = self.settings
+        need = estimate_bytes(
+            w,
+            h,
+            (target.width, target.height),
+            target.factor,
+            entry,
+            tile=s.tile,
+            pad=s.tile_pad,
+            max_pixels=s.max_output_pixels,
+        )
+        if need > self.memory_budget:
+            how = entry.name if entry is not None else LANCZOS
+            raise ImageTooLarge(
+                f"{w}x{h} -> {target.width}x{target.height} with {how} needs about {need / MIB:.1f} MiB; "
+                f"the memory budget is {self.memory_budget / MIB:.1f} MiB (UPSCALER_MEMORY_BUDGET_MB)"
+            )
+        return need
+
     # -- the pipeline -----------------------------------------------------------------------------
     async def upscale(
         self,
@@ -120,8 +155,10 @@ class UpscaleService:
         target: Target | None = None,
         fmt: str | None = None,
         deadline: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
-        """Raises UpscalerError subclasses for anything the client must hear about."""
+        """Raises UpscalerError subclasses for anything the client must hear about, and Cancelled when
+        `cancel` (set when the client disconnects) is set before or during the model's work."""
         t0 = time.perf_counter()
         deadline = deadline or (time.monotonic() + self.settings.request_timeout_s)
         header = imaging.probe(data, self.settings.max_input_pixels)
@@ -148,13 +185,14 @@ class UpscaleService:
             and not opts.fallback
         ):
             raise NeuralUnavailable(f"no neural model can serve: {choice.detail}", choice.reason)
+        self.check_memory(w, h, target, choice.entry)
 
         decoded = await asyncio.to_thread(imaging.decode, data, self.settings.max_input_pixels)
         picture, used, reason = None, choice.entry, choice.reason
         model_name = choice.entry.name if choice.entry else (opts.model or "auto")
         if choice.entry is not None:
             try:
-                picture = await self._neural(decoded, choice.entry, target, deadline)
+                picture = await self._neural(decoded, choice.entry, target, deadline, cancel)
             except (OutOfMemory, ModelFailed) as exc:
                 reason = OUT_OF_MEMORY if isinstance(exc, OutOfMemory) else MODEL_ERROR
                 if not opts.fallback:
@@ -186,15 +224,21 @@ class UpscaleService:
         )
 
     async def _neural(
-        self, decoded: imaging.DecodedImage, entry: ModelEntry, target: Target, deadline: float
+        self,
+        decoded: imaging.DecodedImage,
+        entry: ModelEntry,
+        target: Target,
+        deadline: float,
+        cancel: threading.Event | None = None,
     ) -> Image.Image | np.ndarray:
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
         queue = self.queues.get(device) or self.queues.setdefault(
             device, DeviceQueue(device, self.settings.queue_size)
         )
         upscaled = await queue.run(
-            lambda cancel: self._passes(decoded.pixels, entry, target, cancel),
+            lambda flag: self._passes(decoded.pixels, entry, target, flag),
             timeout_s=deadline - time.monotonic(),
+            cancel=cancel,
         )
         return await asyncio.to_thread(self._finish, upscaled, decoded, target)
 
@@ -204,7 +248,8 @@ class UpscaleService:
         """Runs on the device thread."""
         assert entry.runner is not None
         s = self.settings
-        return run_model(
+        t0 = time.perf_counter()
+        out = run_model(
             pixels,
             entry.runner,
             target.factor,
@@ -213,6 +258,9 @@ class UpscaleService:
             max_pixels=s.max_output_pixels,
             cancel=cancel,
         )
+        if self.on_inference is not None:
+            self.on_inference(entry.name, entry.backend, time.perf_counter() - t0)
+        return out
 
     @staticmethod
     def _finish(x: np.ndarray, decoded: imaging.DecodedImage, target: Target) -> Image.Image | np.ndarray:

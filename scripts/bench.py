@@ -1,7 +1,7 @@
 """Speed and memory of neural upscaling, side by side with the plain way, in one run.
 
-    python scripts/bench.py                       # x4plus- and x2plus-shaped nets + shipped models, 128..512 px
-    python scripts/bench.py --large               # adds 1024 px (1024 -> 4096 for x4: the memory bound)
+    python scripts/bench.py                # x4plus- and x2plus-shaped nets + shipped models, 128..512 px
+    python scripts/bench.py --large        # adds 1024 px (1024 -> 4096 for x4: the memory bound)
     python scripts/bench.py ~/RealESRGAN_x4plus.pth --models x4plus --sizes 256
 
 Rows per model and input size:
@@ -123,8 +123,14 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(self.port),
-                    "UPSCALER_WEIGHTS_DIR": str(weights), "UPSCALER_LOG_LEVEL": "warning", **env}
+        full_env = {
+            **os.environ,
+            "UPSCALER_HOST": "127.0.0.1",
+            "UPSCALER_PORT": str(self.port),
+            "UPSCALER_WEIGHTS_DIR": str(weights),
+            "UPSCALER_LOG_LEVEL": "warning",
+            **env,
+        }
         self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env)
         import httpx2 as httpx
 
@@ -139,7 +145,9 @@ class Server:
         raise SystemExit("server did not start")
 
     def upscale(self, data: bytes, **fields: str) -> bytes:
-        resp = self.http.post(f"{self.url}/upscale", files={"image": ("in.png", data, "image/png")}, data=fields)
+        resp = self.http.post(
+            f"{self.url}/upscale", files={"image": ("in.png", data, "image/png")}, data=fields
+        )
         if resp.status_code != 200:
             raise SystemExit(f"server answered {resp.status_code}: {resp.text[:300]}")
         return resp.content
@@ -180,8 +188,15 @@ def table(title: str, head: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |", flush=True)
 
 
-def bench_model(name: str, sd: dict, arch: tuple[int, int, int, int], sizes: list[int], server: Server | None,
-                backend: PyTorchBackend, weights_file: Path) -> None:
+def bench_model(
+    name: str,
+    sd: dict,
+    arch: tuple[int, int, int, int],
+    sizes: list[int],
+    server: Server | None,
+    backend: PyTorchBackend,
+    weights_file: Path,
+) -> None:
     scale = arch[0]
     macs = macs_per_input_pixel(scale, arch[1], arch[2], arch[3])
     net = reference_net(sd, arch)
@@ -199,22 +214,40 @@ def bench_model(name: str, sd: dict, arch: tuple[int, int, int, int], sizes: lis
         t_ref, m_ref = timed(lambda arr=arr: reference_forward(net, arr))
 
         def ref_io(data: bytes = data) -> bytes:
-            return png(Image.fromarray(reference_forward(net, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))))
+            return png(
+                Image.fromarray(
+                    reference_forward(net, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                )
+            )
 
         t_io, m_io = timed(ref_io)
         t_eng, m_eng = timed(lambda arr=arr: quantize(run_model(arr, runner, scale), 8))
         measured = [("reference", t_ref, m_ref), ("ref+io", t_io, m_io), ("engine", t_eng, m_eng)]
         if server is not None:
-            t_http, m_http = timed(lambda data=data: server.upscale(data, model=name, scale=str(scale)),
-                                   pid=server.proc.pid)
+            t_http, m_http = timed(
+                lambda data=data: server.upscale(data, model=name, scale=str(scale)), pid=server.proc.pid
+            )
             measured.append(("http", t_http, m_http))
         for row, secs, mem in measured:
-            rows.append([f"{size}²→{size * scale}²", row, f"{secs:.3f}", f"{gflop / secs:.0f}", f"{mem:.0f}",
-                         f"{t_ref / secs:.2f}x", f"{t_io / secs:.2f}x"])
+            rows.append(
+                [
+                    f"{size}²→{size * scale}²",
+                    row,
+                    f"{secs:.3f}",
+                    f"{gflop / secs:.0f}",
+                    f"{mem:.0f}",
+                    f"{t_ref / secs:.2f}x",
+                    f"{t_io / secs:.2f}x",
+                ]
+            )
     status = backend.status()
-    table(f"{name}: RRDBNet x{scale}, {arch[2]} blocks, {arch[1]} features ({macs / 1e6:.2f} M MAC per input px); "
-          f"engine {status.device} {status.precision}, tile {runner.default_tile}",
-          ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"], rows)
+    table(
+        f"{name}: RRDBNet x{scale}, {arch[2]} blocks, {arch[1]} features "
+        f"({macs / 1e6:.2f} M MAC per input px); "
+        f"engine {status.device} {status.precision}, tile {runner.default_tile}",
+        ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"],
+        rows,
+    )
 
 
 def bench_lanczos(server: Server, level: int) -> None:
@@ -232,14 +265,18 @@ def bench_lanczos(server: Server, level: int) -> None:
     t_http = min(timed(lambda: server.upscale(data, model="lanczos", scale="2"))[0] for _ in range(3))
     rows.append(["in-process Pillow decode + resize + encode", f"{t_local:.3f}", "1.00x"])
     rows.append(["service over HTTP (model=lanczos)", f"{t_http:.3f}", f"{t_http / t_local:.2f}x"])
-    table(f"LANCZOS 1024²→2048² PNG (compress level {level}), best of 3", ["path", "seconds", "vs Pillow"], rows)
+    table(
+        f"LANCZOS 1024²→2048² PNG (compress level {level}), best of 3", ["path", "seconds", "vs Pillow"], rows
+    )
 
 
 def bench_encode(size: int) -> None:
     img = test_image(size // 4).resize((size, size), Image.Resampling.BICUBIC)
     rows = []
     for fmt, params in [("PNG", {"compress_level": lv}) for lv in (0, 1, 3, 6, 9)] + [
-        ("JPEG", {"quality": 95}), ("WEBP", {"quality": 95, "method": 4})]:
+        ("JPEG", {"quality": 95}),
+        ("WEBP", {"quality": 95, "method": 4}),
+    ]:
         buf = io.BytesIO()
         secs, _ = timed(lambda buf=buf, fmt=fmt, params=params: img.save(buf, fmt, **params))
         label = f"{fmt} " + ", ".join(f"{k}={v}" for k, v in params.items())
@@ -281,11 +318,15 @@ def main() -> None:
         a = detect(sd)
         dst = work / f"{path.stem}.safetensors"
         save_file({k: v.contiguous() for k, v in sd.items()}, str(dst))
-        models.append((path.stem, load_file(str(dst)), (a.scale, a.num_feat, a.num_block, a.num_grow_ch), dst))
+        models.append(
+            (path.stem, load_file(str(dst)), (a.scale, a.num_feat, a.num_block, a.num_grow_ch), dst)
+        )
 
     backend = PyTorchBackend(device="auto", precision=args.precision)
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}; engine precision {backend.precision}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; engine precision {backend.precision}"
+    )
     server = None if args.no_http else Server(work, {"UPSCALER_PRECISION": args.precision})
     probe = HealthProbe(server.url) if server else None
     try:
@@ -299,8 +340,18 @@ def main() -> None:
             server.close()
     if health:
         ms = np.asarray(health)
-        table("/health while the benchmark ran", ["requests", "p50 ms", "p99 ms", "max ms"],
-              [[str(len(ms)), f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}"]])
+        table(
+            "/health while the benchmark ran",
+            ["requests", "p50 ms", "p99 ms", "max ms"],
+            [
+                [
+                    str(len(ms)),
+                    f"{np.percentile(ms, 50):.1f}",
+                    f"{np.percentile(ms, 99):.1f}",
+                    f"{ms.max():.1f}",
+                ]
+            ],
+        )
     bench_encode(2048)
 
 

@@ -12,15 +12,57 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
-from app.api.deps import StateDep, parse_multipart, read_body, require_api_key, validate_model
+from app.api.deps import (
+    StateDep,
+    cancel_on_disconnect,
+    parse_multipart,
+    read_body,
+    require_api_key,
+    validate_model,
+)
 from app.errors import InvalidImage, InvalidParameter, UnsupportedMediaType, ValidationFailed
 from app.imaging import probe
+from app.middleware import note_result
 from app.schemas import GenerateRequest, GenerateResponse, error_responses
 from app.service import MAX_SCALE, Options, Target
 
 router = APIRouter()
 
 LATENT_GRID = 8
+
+# The body is read by hand (JSON or multipart), so FastAPI cannot infer it: declared here.
+_FORM_FIELDS: dict[str, dict[str, object]] = {
+    "image": {"type": "string", "format": "binary"},
+    "hires_fix": {"type": "boolean", "default": True},
+    "use_realesrgan": {"type": "boolean", "default": True},
+    "hr_scale": {"type": "number", "default": 2.0},
+    "hr_resize_x": {"type": "integer", "minimum": 0, "default": 0},
+    "hr_resize_y": {"type": "integer", "minimum": 0, "default": 0},
+    "hr_upscaler": {"type": "string", "default": "auto"},
+    "fallback": {"type": "boolean", "default": True},
+    "prompt": {"type": "string"},
+    "seed": {"type": "integer"},
+}
+_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    **GenerateRequest.model_json_schema(),
+                    # At least one image: a prompt-only request is answered 422.
+                    "anyOf": [
+                        {"required": ["image"], "properties": {"image": {"type": "string", "minLength": 1}}},
+                        {"required": ["images"], "properties": {"images": {"type": "array", "minItems": 1}}},
+                    ],
+                }
+            },
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}
+            },
+        },
+    }
+}
 
 
 def round_to_grid(v: float) -> int:
@@ -101,6 +143,7 @@ async def _read_request(request: Request, limit: int) -> tuple[GenerateRequest, 
     "/generate",
     dependencies=[Depends(require_api_key)],
     response_model=GenerateResponse,
+    openapi_extra=_OPENAPI,
     responses=error_responses(400, 401, 413, 415, 422, 503, 504),
 )
 async def generate(request: Request, state: StateDep) -> GenerateResponse:
@@ -111,35 +154,38 @@ async def generate(request: Request, state: StateDep) -> GenerateResponse:
     deadline = time.monotonic() + settings.request_timeout_s
     out: list[str] = []
     per_image: list[dict[str, Any]] = []
-    for data in images:
-        header = probe(data, settings.max_input_pixels)
-        if not req.hires_fix:
-            out.append(base64.b64encode(data).decode())
-            size = [header.width, header.height]
+    async with cancel_on_disconnect(request) as cancel:
+        for data in images:
+            header = probe(data, settings.max_input_pixels)
+            if not req.hires_fix:
+                out.append(base64.b64encode(data).decode())
+                size = [header.width, header.height]
+                per_image.append(
+                    {
+                        "upscaler": None,
+                        "backend": None,
+                        "fallback_reason": None,
+                        "input_size": size,
+                        "output_size": size,
+                    }
+                )
+                continue
+            opts = Options(model=req.hr_upscaler, use_realesrgan=req.use_realesrgan, fallback=req.fallback)
+            target = hires_target(header.width, header.height, req)
+            result = await state.service.upscale(
+                data, opts, target=target, fmt="png", deadline=deadline, cancel=cancel
+            )
+            out.append(base64.b64encode(result.data).decode())
             per_image.append(
                 {
-                    "upscaler": None,
-                    "backend": None,
-                    "fallback_reason": None,
-                    "input_size": size,
-                    "output_size": size,
+                    "upscaler": result.upscaler,
+                    "backend": result.backend,
+                    "fallback_reason": result.fallback_reason,
+                    "input_size": list(result.input_size),
+                    "output_size": list(result.output_size),
                 }
             )
-            continue
-        opts = Options(model=req.hr_upscaler, use_realesrgan=req.use_realesrgan, fallback=req.fallback)
-        result = await state.service.upscale(
-            data, opts, target=hires_target(header.width, header.height, req), fmt="png", deadline=deadline
-        )
-        out.append(base64.b64encode(result.data).decode())
-        per_image.append(
-            {
-                "upscaler": result.upscaler,
-                "backend": result.backend,
-                "fallback_reason": result.fallback_reason,
-                "input_size": list(result.input_size),
-                "output_size": list(result.output_size),
-            }
-        )
+    note_result(request, **per_image[0])
     echoed: dict[str, Any] = dict(req.model_extra or {})
     info: dict[str, Any] = {
         **echoed,

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import StateDep
-from app.schemas import BackendHealth, Health, ModelHealth, QueueHealth
+from app.schemas import BackendHealth, Health, ModelHealth, QueueHealth, Ready
 
 router = APIRouter()
 
@@ -65,8 +65,16 @@ async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/health/ready", responses={503: {"description": "start-up loading is not done"}})
+@router.get(
+    "/health/ready",
+    responses={
+        200: {"model": Ready, "description": "start-up loading is done"},
+        503: {"model": Ready, "description": "start-up loading is not done, or shutting down"},
+    },
+)
 async def ready(state: StateDep) -> JSONResponse:
+    if state.draining:  # so load balancers stop sending work while in-flight requests finish
+        return JSONResponse({"ready": False, "status": "draining"}, status_code=503)
     if not state.ready:
         return JSONResponse({"ready": False, "status": "starting"}, status_code=503)
     return JSONResponse({"ready": True, "status": "ok" if state.registry.available() else "degraded"})

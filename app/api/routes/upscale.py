@@ -5,8 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import UploadFile
 
-from app.api.deps import StateDep, parse_multipart, read_body, require_api_key, validate_model
+from app.api.deps import (
+    StateDep,
+    cancel_on_disconnect,
+    parse_multipart,
+    read_body,
+    require_api_key,
+    validate_model,
+)
 from app.errors import InvalidImage, InvalidParameter, UnsupportedMediaType
+from app.middleware import note_result
 from app.schemas import UpscaleParams, error_responses
 from app.service import Options, Result
 
@@ -23,7 +31,32 @@ RAW_TYPES = {
     "application/octet-stream",
 }
 
+# What each option accepts as a client sends it (a form field, or a query parameter with a raw body).
+# UpscaleParams checks the types (422); the service checks ranges and combinations (400).
+OPTION_SCHEMAS: dict[str, dict[str, object]] = {
+    "scale": {"type": "number", "exclusiveMinimum": 1, "maximum": 8},
+    "width": {"type": "integer", "minimum": 1},
+    "height": {"type": "integer", "minimum": 1},
+    "model": {"type": "string", "default": "auto", "description": "a model name, `lanczos` or `auto`"},
+    "use_realesrgan": {"type": "boolean", "default": True},
+    "fallback": {"type": "boolean", "default": True},
+    "format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
+    "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+}
+
+_RESULT_HEADERS = {
+    "X-Upscaler": "the model name, or `lanczos`",
+    "X-Upscale-Backend": "`pytorch`, `coreml` or `pillow`",
+    "X-Input-Size": "`WxH`",
+    "X-Output-Size": "`WxH`",
+    "X-Processing-Ms": "milliseconds spent on the request",
+    "X-Fallback-Reason": "only on a fallback to LANCZOS: why",
+}
+
 _OPENAPI = {
+    "parameters": [
+        {"name": k, "in": "query", "required": False, "schema": v} for k, v in OPTION_SCHEMAS.items()
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -31,10 +64,8 @@ _OPENAPI = {
                 "schema": {
                     "type": "object",
                     "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **{k: {"type": "string"} for k in UpscaleParams.model_fields},
-                    },
+                    "properties": {"image": {"type": "string", "format": "binary"}, **OPTION_SCHEMAS},
+                    "additionalProperties": False,  # an unknown field is refused (422)
                 }
             },
             **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_TYPES)},
@@ -44,6 +75,14 @@ _OPENAPI = {
         "200": {
             "description": "the upscaled image",
             "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp")},
+            "headers": {
+                name: {
+                    "description": text,
+                    "required": name != "X-Fallback-Reason",
+                    "schema": {"type": "string"},
+                }
+                for name, text in _RESULT_HEADERS.items()
+            },
         }
     },
 }
@@ -99,5 +138,14 @@ async def upscale(request: Request, state: StateDep) -> Response:
     else:
         data = body
     options = to_options(validate_model(UpscaleParams, fields))
-    result = await state.service.upscale(data, options)
+    async with cancel_on_disconnect(request) as cancel:
+        result = await state.service.upscale(data, options, cancel=cancel)
+    note_result(
+        request,
+        upscaler=result.upscaler,
+        backend=result.backend,
+        fallback_reason=result.fallback_reason,
+        input_size=result.input_size,
+        output_size=result.output_size,
+    )
     return Response(result.data, media_type=result.media_type, headers=result_headers(result))

@@ -1,0 +1,146 @@
+"""Pure ASGI middlewares: request ids, one JSON access-log line and request metrics per request, and CORS
+configured from the settings the lifespan loaded.
+
+Routes tell the access log what they did by setting `request.state` fields (see `note_result`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import OTHER_ROUTE, Metrics
+
+access_log = logging.getLogger("app.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# request.state fields a route may set; each becomes a field of the access-log line (None when unset).
+RESULT_FIELDS = ("input_size", "output_size", "upscaler", "backend", "fallback_reason", "error")
+# Response headers a browser page may read: the result's description and what a retry needs.
+EXPOSED_HEADERS = [
+    "X-Upscaler",
+    "X-Upscale-Backend",
+    "X-Fallback-Reason",
+    "X-Input-Size",
+    "X-Output-Size",
+    "X-Processing-Ms",
+    REQUEST_ID_HEADER,
+    "Retry-After",
+]
+
+
+def request_id(given: str | None) -> str:
+    """The client's X-Request-ID when it is 1..128 of [A-Za-z0-9._-] (safe in logs and headers),
+    else a fresh uuid4 hex."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def note_result(
+    request: Request,
+    *,
+    upscaler: str | None,
+    backend: str | None,
+    fallback_reason: str | None,
+    input_size: tuple[int, int] | list[int],
+    output_size: tuple[int, int] | list[int],
+) -> None:
+    """Record what a request's upscale did, for its access-log line."""
+    request.state.upscaler = upscaler
+    request.state.backend = backend
+    request.state.fallback_reason = fallback_reason
+    request.state.input_size = "{}x{}".format(*input_size)
+    request.state.output_size = "{}x{}".format(*output_size)
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template ("/upscale"), never the raw path: metric labels stay bounded."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else OTHER_ROUTE
+
+
+class ObservabilityMiddleware:
+    """Gives every request an id (echoed as X-Request-ID on every response), counts it in the
+    metrics by route template and status, and writes one JSON line on logger `app.access`."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        rid = request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        fields: dict[str, Any] = scope.setdefault("state", {})
+        fields["request_id"] = rid
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            if status is None:  # the server answers 500 (or nothing, when the task was cancelled)
+                status = 499 if isinstance(exc, asyncio.CancelledError) else 500
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            route = route_label(scope)
+            final = status if status is not None else 500
+            self.metrics.observe_request(route, scope["method"], final, elapsed)
+            line = {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": final,
+                **{k: fields.get(k) for k in RESULT_FIELDS},
+                "ms": round(elapsed * 1000, 1),
+            }
+            access_log.info(json.dumps(line, separators=(",", ":")), extra={"access": line})
+
+
+class SettingsCORS:
+    """Starlette's CORSMiddleware with the origins of UPSCALER_CORS_ORIGINS; without any, a pass-through
+    that adds no CORS header. Built on the first request, because settings are read at start-up (the
+    middleware stack is fixed before)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._cors: tuple[object, ASGIApp] | None = None  # (the settings it was built for, the middleware)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = getattr(scope["app"].state, "upscaler", None) if scope["type"] == "http" else None
+        if state is None or not state.settings.cors_origin_list:
+            await self.app(scope, receive, send)
+            return
+        if self._cors is None or self._cors[0] is not state.settings:
+            cors = CORSMiddleware(
+                self.app,
+                allow_origins=state.settings.cors_origin_list,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            )
+            self._cors = (state.settings, cors)
+        await self._cors[1](scope, receive, send)

@@ -1,0 +1,189 @@
+"""Graceful shutdown: draining refuses new work with 503 + Retry-After, work in flight finishes, and a
+real `python -m app` process exits 0 after SIGTERM once its in-flight request was answered."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import SettingsError, load_settings
+from app.main import create_app
+from tests.conftest import ROOT, ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
+from tests.stubs import add_stub
+from tests.test_e2e import free_port
+
+PNG = png_bytes(gradient_image(40, 30))
+
+
+def post(client: TestClient):  # type: ignore[no-untyped-def]
+    return client.post("/upscale", files={"image": ("in.png", PNG, "image/png")})
+
+
+def assert_draining(resp) -> None:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["type"] == "shutting_down"
+    assert int(resp.headers["retry-after"]) >= 1
+
+
+def test_shutdown_grace_setting_default_and_bounds() -> None:
+    assert load_settings({}).shutdown_grace_s == 30
+    assert load_settings({"UPSCALER_SHUTDOWN_GRACE_S": "0"}).shutdown_grace_s == 0
+    with pytest.raises(SettingsError, match="UPSCALER_SHUTDOWN_GRACE_S"):
+        load_settings({"UPSCALER_SHUTDOWN_GRACE_S": "-1"})
+
+
+def test_draining_refuses_new_work_and_keeps_probes_open(client: TestClient) -> None:
+    assert post(client).status_code == 200
+    client.app.state.upscaler.begin_drain()  # type: ignore[attr-defined]
+    assert_draining(post(client))
+    assert_draining(client.post("/generate", json={"image": base64.b64encode(PNG).decode()}))
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert client.get("/health").status_code == 200
+    assert client.get("/health/live").status_code == 200
+    assert "upscaler_draining 1.0" in client.get("/metrics").text
+
+
+def test_not_ready_carries_retry_after(make_client: ClientFactory) -> None:
+    client = make_client()
+    client.app.state.upscaler.ready = False  # type: ignore[attr-defined]
+    resp = post(client)
+    assert resp.status_code == 503 and resp.json()["error"]["type"] == "not_ready"
+    assert int(resp.headers["retry-after"]) >= 1
+
+
+def test_lifespan_shutdown_finishes_in_flight_work_and_refuses_new(tmp_path: Path) -> None:
+    settings = load_settings({"UPSCALER_WEIGHTS_DIR": str(tmp_path / "none")})
+    client = TestClient(create_app(settings, background_load=False))
+    client.__enter__()
+    gate = threading.Event()
+    runner = add_stub(client, "slow", gate=gate)
+    state = client.app.state.upscaler  # type: ignore[attr-defined]
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(post(client)))
+    worker.start()
+    assert runner.started.wait(10)
+    stopper = threading.Thread(target=client.__exit__, args=(None, None, None))
+    stopper.start()
+    for _ in range(1000):  # until the lifespan's shutdown began
+        if state.draining:
+            break
+        gate.wait(0.01)
+    assert state.draining
+    assert_draining(post(client))  # new work is refused while the old finishes
+    assert stopper.is_alive() and not results  # shutdown waits for the work in flight
+    gate.set()
+    worker.join(30)
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert results[0].status_code == 200 and runner.calls == 1
+
+
+@pytest.fixture
+def slow_weights(tmp_path: Path) -> Path:
+    """One x4 model big enough that a 320x320 input takes seconds on one CPU thread."""
+    d = tmp_path / "slow-weights"
+    d.mkdir()
+    write_checkpoint(
+        tiny_state_dict(4, seed=3, num_feat=16, num_block=2, num_grow_ch=8), d / "slow-x4", "top"
+    )
+    return d
+
+
+@pytest.mark.slow
+def test_e2e_sigterm_finishes_in_flight_request_then_exits_0(slow_weights: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "UPSCALER_HOST": "127.0.0.1",
+        "UPSCALER_PORT": str(port),
+        "UPSCALER_WEIGHTS_DIR": str(slow_weights),
+        "UPSCALER_THREADS": "1",
+        "UPSCALER_SHUTDOWN_GRACE_S": "120",
+        "UPSCALER_LOG_LEVEL": "info",
+    }
+    log_path = tmp_path / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            for _ in range(600):
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                pytest.fail("server did not become ready")
+
+            img = png_bytes(gradient_image(320, 320))
+            answers: list[httpx.Response] = []
+
+            def upscale() -> None:
+                answers.append(
+                    httpx.post(
+                        f"{url}/upscale",
+                        files={"image": ("big.png", img, "image/png")},
+                        data={"scale": "4"},
+                        headers={"X-Request-ID": "in-flight"},
+                        timeout=300,
+                    )
+                )
+
+            worker = threading.Thread(target=upscale)
+            worker.start()
+            for _ in range(600):  # until the model is working on it
+                queues = httpx.get(f"{url}/health", timeout=10).json()["queues"]
+                if queues and queues[0]["in_flight"] == 1:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the upscale never started")
+            proc.send_signal(signal.SIGTERM)
+            refused = False
+            for _ in range(
+                200
+            ):  # new work is turned away: at the socket once uvicorn stops listening, or 503
+                try:
+                    late = httpx.post(
+                        f"{url}/upscale", files={"image": ("a.png", PNG, "image/png")}, timeout=30
+                    )
+                except httpx.TransportError:
+                    refused = True
+                    break
+                if late.status_code == 503:
+                    refused = True
+                    break
+                # Accepted in the instant before the listener closed: then it is served in full.
+                assert late.status_code == 200
+                time.sleep(0.05)
+            assert refused
+            worker.join(300)
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert answers and answers[0].status_code == 200, log_path.read_text()
+    assert answers[0].headers["x-output-size"] == "1280x1280"
+    text = log_path.read_text()
+    access = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    served = [a for a in access if a["request_id"] == "in-flight"]
+    assert served and served[0]["status"] == 200 and served[0]["upscaler"] == "slow-x4"
+    # The answer went out after shutdown began, not before.
+    assert text.index("Shutting down") < text.index('"request_id":"in-flight"'), text
