@@ -34,7 +34,9 @@ def run_model(
     total = 1
     while True:
         try:
-            x = upscale_tiled(x, runner.run, runner.scale, tile, pad, cancel=cancel)
+            x = upscale_tiled(
+                x, runner.run, runner.scale, tile, pad, multiple=runner.size_multiple, cancel=cancel
+            )
         except (OutOfMemory, Cancelled):
             raise
         except Exception as exc:

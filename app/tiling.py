@@ -1,8 +1,8 @@
 """Tiled upscaling around any callable: split, pad with context, run, blend the overlaps in place.
 
 Knows nothing of models. Each tile's core (a `tile` x `tile` cell of a grid) is widened by `blend`
-pixels on every inner side and fed with `pad` more pixels of context (a window of constant size
-`tile + 2*pad`, shifted inward at the image edges); its output is weighted by a
+pixels on every inner side and fed with `pad` more pixels of context (a window of constant size, the
+largest cell + 2*pad, shifted inward at the image edges); its output is weighted by a
 separable ramp that rises over the 2*`blend` band shared with the neighbour. Neighbouring ramps sum
 to one, so the weighted outputs add straight into the output buffer with no normalisation pass and no
 visible seam. Image borders get no ramp.
@@ -47,10 +47,17 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(i * step, min(length, (i + 1) * step)) for i in range(n) if i * step < length]
 
 
-def _fed_start(kept_start: int, length: int, fed: int, context: int) -> int:
+def _window(length: int, needed: int, multiple: int) -> int:
+    """Window side: `needed` plus room to slide down to the grid, rounded up to it; at most the image."""
+    return min(length, -(-(needed + multiple - 1) // multiple) * multiple)
+
+
+def _fed_start(kept_start: int, length: int, fed: int, context: int, multiple: int) -> int:
     """Start of the fed window: `context` before the kept region, shifted inward at the image edges so
-    every window has the same size (one tensor shape: kernels and fixed-shape packages are reused)."""
-    return max(0, min(kept_start - context, length - fed))
+    every window has the same size (one tensor shape: kernels and fixed-shape packages are reused),
+    then down onto the `multiple` grid (`length` and `fed` are multiples of it)."""
+    start = max(0, min(kept_start - context, length - fed))
+    return start - start % multiple
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -68,36 +75,53 @@ def upscale_tiled(
     tile: int,
     pad: int,
     *,
+    multiple: int = 1,
     cancel: CancelFlag | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Upscale (H, W, C) `img` by integer `scale`; returns float32 (H*scale, W*scale, C).
 
-    `tile` <= 0 (or >= the image) runs the whole image at once. On out-of-memory a tile is redone as
-    tiles of half the size, down to 64 px; below that OutOfMemory is raised. Raises Cancelled when
-    `cancel` is set between tiles.
+    `tile` <= 0 (or >= the image) runs the whole image at once. `multiple` is the model's input size
+    multiple (2 / 4 for pixel-unshuffle x2 / x1 models): windows start on that grid, so every tile sees
+    the same unshuffle phase as the whole image would (those models are not shift-invariant by one
+    pixel). On out-of-memory a tile is redone as tiles of half the size, down to 64 px; below that
+    OutOfMemory is raised. Raises Cancelled when `cancel` is set between tiles.
     """
     h, w, c = img.shape
+    if h % multiple or w % multiple:
+        # Reflect up to the grid (as the runner pads a whole image), run aligned, crop back.
+        ph, pw = (-h) % multiple, (-w) % multiple
+        mode = "reflect" if h > ph and w > pw else "edge"
+        padded = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)  # type: ignore[call-overload]
+        full = upscale_tiled(padded, fn, scale, tile, pad, multiple=multiple, cancel=cancel)
+        if out is None:
+            return np.ascontiguousarray(full[: h * scale, : w * scale])
+        out[:] = full[: h * scale, : w * scale]
+        return out
     if out is None:
         out = np.zeros((h * scale, w * scale, c), np.float32)
     if tile <= 0 or (tile >= h and tile >= w):
-        out[:] = _run_or_split(img, fn, scale, max(h, w), pad, cancel)
+        out[:] = _run_or_split(img, fn, scale, max(h, w), pad, multiple, cancel)
         return out
     blend = min(pad // 2, tile // 4)
-    for y0, y1 in _spans(h, tile):
+    rows, cols = _spans(h, tile), _spans(w, tile)
+    # The window is the largest cell plus context (plus slack to start on the grid): one shape per axis.
+    win_y = _window(h, max(b - a for a, b in rows) + 2 * pad, multiple)
+    win_x = _window(w, max(b - a for a, b in cols) + 2 * pad, multiple)
+    for y0, y1 in rows:
         ky0, ky1 = max(0, y0 - blend), min(h, y1 + blend)
-        fy0 = _fed_start(ky0, h, tile + 2 * pad, pad - blend)
-        fy1 = min(h, fy0 + tile + 2 * pad)
+        fy0 = _fed_start(ky0, h, win_y, pad - blend, multiple)
+        fy1 = fy0 + win_y
         wy = _ramp(
             (ky1 - ky0) * scale, 2 * blend * scale if y0 > 0 else 0, 2 * blend * scale if y1 < h else 0
         )
-        for x0, x1 in _spans(w, tile):
+        for x0, x1 in cols:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             kx0, kx1 = max(0, x0 - blend), min(w, x1 + blend)
-            fx0 = _fed_start(kx0, w, tile + 2 * pad, pad - blend)
-            fx1 = min(w, fx0 + tile + 2 * pad)
-            result = _run_or_split(img[fy0:fy1, fx0:fx1], fn, scale, tile, pad, cancel)
+            fx0 = _fed_start(kx0, w, win_x, pad - blend, multiple)
+            fx1 = fx0 + win_x
+            result = _run_or_split(img[fy0:fy1, fx0:fx1], fn, scale, tile, pad, multiple, cancel)
             oy, ox = (ky0 - fy0) * scale, (kx0 - fx0) * scale
             kept = result[oy : oy + (ky1 - ky0) * scale, ox : ox + (kx1 - kx0) * scale]
             wx = _ramp(kept.shape[1], 2 * blend * scale if x0 > 0 else 0, 2 * blend * scale if x1 < w else 0)
@@ -112,6 +136,7 @@ def _run_or_split(
     scale: int,
     tile: int,
     pad: int,
+    multiple: int,
     cancel: CancelFlag | None,
 ) -> np.ndarray:
     try:
@@ -122,4 +147,6 @@ def _run_or_split(
     current = min(tile, max(region.shape[:2]))
     if current <= MIN_TILE:
         raise OutOfMemory(f"out of memory even with {MIN_TILE}px tiles")
-    return upscale_tiled(region, fn, scale, max(MIN_TILE, current // 2), pad, cancel=cancel)
+    return upscale_tiled(
+        region, fn, scale, max(MIN_TILE, current // 2), pad, multiple=multiple, cancel=cancel
+    )

@@ -24,6 +24,7 @@ class StubRunner:
     ) -> None:
         self.scale = scale
         self.default_tile = 0
+        self.size_multiple = 1
         self.error = error
         self.delay_s = delay_s
         self.gate = gate

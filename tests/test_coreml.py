@@ -76,10 +76,11 @@ def spec_of(shapes: list[tuple[int, int]], channels: int = 3, meta: dict[str, st
 @pytest.mark.parametrize(
     ("shapes", "pad", "tile", "used_pad"),
     [
-        ([(64, 64)], 16, 32, 16),
-        ([(32, 32), (64, 64), (128, 128)], 16, 96, 16),
-        ([(96, 160)], 10, 76, 10),
-        ([(32, 32)], 16, 16, 8),  # context gives way before the tile shrinks below half the shape
+        # An x2 package: one pixel less than side - 2 x pad, the room to start windows on even pixels.
+        ([(64, 64)], 16, 31, 16),
+        ([(32, 32), (64, 64), (128, 128)], 16, 95, 16),
+        ([(96, 160)], 10, 75, 10),
+        ([(32, 32)], 16, 15, 8),  # context gives way before the tile shrinks below half the shape
     ],
 )
 def test_runner_default_tile_with_context_fits_package(

@@ -12,6 +12,7 @@ class _Runner:
     def __init__(self, scale: int) -> None:
         self.scale = scale
         self.default_tile = 64
+        self.size_multiple = 1
 
     def run(self, x):  # pragma: no cover - never called here
         raise AssertionError

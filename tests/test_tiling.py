@@ -110,4 +110,23 @@ def test_upscale_tiled_feeds_one_window_shape() -> None:
     img = np.random.default_rng(4).random((150, 233, 3), dtype=np.float32)
     out = upscale_tiled(img, fn, 2, 48, 8)
     np.testing.assert_allclose(out, nearest(img), atol=1e-5)
-    assert shapes == {(64, 64, 3)}
+    assert shapes == {(54, 63, 3)}  # the largest cells (150 / 4 -> 38, 233 / 5 -> 47) plus 2 x 8 of context
+
+
+def test_upscale_tiled_windows_start_on_the_model_grid() -> None:
+    starts: list[tuple[int, int]] = []
+    img = np.random.default_rng(5).random((101, 77, 3), dtype=np.float32)
+    img[0, 0, 0] = 7.0  # a marker, to find each window's offset in the image
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        assert x.shape[0] % 2 == 0 and x.shape[1] % 2 == 0
+        return nearest(x)
+
+    def locate(x: np.ndarray) -> np.ndarray:
+        hits = np.argwhere(np.isin(img[..., 1], x[:1, :1, 1]))
+        starts.extend(map(tuple, hits[:1]))
+        return fn(x)
+
+    out = upscale_tiled(img, locate, 2, 24, 6, multiple=2)
+    np.testing.assert_allclose(out, nearest(img), atol=1e-5)
+    assert starts and all(y % 2 == 0 and x % 2 == 0 for y, x in starts)

@@ -51,6 +51,7 @@ class Runner(Protocol):
 
     scale: int
     default_tile: int
+    size_multiple: int  # input sides the model needs as multiples of this (1, or 2 / 4 for x2 / x1)
 
     def run(self, tile: np.ndarray) -> np.ndarray: ...
 

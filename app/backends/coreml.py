@@ -119,12 +119,14 @@ class CoreMLRunner:
             raise ValueError(f"a Core ML package with {channels} input channels is not an image model")
         self.predict = predict
         self.scale = scale
+        self.size_multiple = {4: 1, 2: 2, 1: 4}.get(scale, 1)
         self.channels = channels
         self.shapes = sorted(set(shapes), key=lambda s: (s[0] * s[1], s))
         side = max(min(s) for s in self.shapes)
         # Context gives way before tile size: a tile is at least half the shape's side.
         self.pad = min(max(0, pad), side // 4)
-        self.default_tile = side - 2 * self.pad
+        # The tiler's windows are a tile plus 2 x pad, plus up to size_multiple - 1 to start on the grid.
+        self.default_tile = side - 2 * self.pad - (self.size_multiple - 1)
 
     def shape_for(self, h: int, w: int) -> tuple[int, int] | None:
         """The smallest package shape that holds an h x w tile, or None."""
@@ -134,7 +136,9 @@ class CoreMLRunner:
         """(h, w, C) uint8 / uint16 / float32, C 1 or 3 -> (h*s, w*s, C) float32 in 0..1."""
         h, w = tile.shape[:2]
         if self.shape_for(h, w) is None:
-            return upscale_tiled(tile, self._run_fitted, self.scale, self.default_tile, self.pad)
+            return upscale_tiled(
+                tile, self._run_fitted, self.scale, self.default_tile, self.pad, multiple=self.size_multiple
+            )
         return self._run_fitted(tile)
 
     def _run_fitted(self, tile: np.ndarray) -> np.ndarray:

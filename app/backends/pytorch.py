@@ -61,10 +61,15 @@ def pick_precision(device: str, requested: str, native_bf16: bool) -> str:
 
 
 def default_tile(device: str, arch: Architecture, free_bytes: int | None) -> int:
-    """Tile side in input pixels. CPU: small tiles run faster per pixel (cache-sized activations).
-    GPU: the largest tile whose activations fit in a quarter of the free memory."""
+    """Tile side in input pixels.
+
+    CPU: measured with scripts/bench.py, per-pixel speed stays flat from 128 px up while each tile's
+    context costs (1 + 2*pad/tile)^2, so tiles are as large as a bounded activation memory allows:
+    256 px for x4 (a 1152 px feature map at the head), 512 px for x2 / x1, whose trunk runs at half or
+    a quarter of the resolution. GPU: the largest tile whose activations fit a quarter of free memory.
+    """
     if device == "cpu" or free_bytes is None:
-        return 128 if arch.scale == 4 else 256
+        return 256 if arch.scale == 4 else 512
     # Per input pixel: about num_feat values at 16x the pixels (the x4 head) plus the dense blocks' concat.
     per_px = 2 * (arch.num_feat * 16 * 3 + (arch.num_feat + 4 * arch.num_grow_ch) * 2) / arch.size_multiple**2
     for tile in (1024, 768, 512, 384, 256, 192, 128):
@@ -83,6 +88,7 @@ class TorchRunner:
         self.net = net
         self.arch = arch
         self.scale = arch.scale
+        self.size_multiple = arch.size_multiple
         self.device = device
         self.precision = precision
         self.default_tile = tile
