@@ -26,6 +26,7 @@ class DeviceQueue:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
         self.in_flight = 0  # waiting + running, counted until the worker is really done with it
         self.running = 0
+        self.submitted = 0  # jobs ever queued here
         self._cancels: set[threading.Event] = set()  # of the jobs in flight, for shutdown
 
     @property
@@ -65,6 +66,7 @@ class DeviceQueue:
         cancel = cancel or threading.Event()
         loop = asyncio.get_running_loop()
         self.in_flight += 1
+        self.submitted += 1
         self._cancels.add(cancel)
         future = loop.run_in_executor(self.executor, self._wrap(fn, cancel))
 

@@ -108,8 +108,18 @@ class UpscaleService:
         self._logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
+    def queue_for(self, device: str) -> DeviceQueue:
+        """The device's queue (one model run at a time there), made on first use."""
+        if device not in self.queues:
+            self.queues[device] = DeviceQueue(device, self.settings.queue_size)
+        return self.queues[device]
+
     # -- choosing ---------------------------------------------------------------------------------
     def choose(self, opts: Options, factor: float) -> Choice:
+        if factor <= 1.0 and (opts.model or "auto").lower() == "auto":
+            # Nothing to enlarge (a /generate at hr_scale 1, a width below the input's): a model pass
+            # would only be resized away again.
+            return Choice(None, None, "no enlargement: LANCZOS resize only")
         return choose(self.registry, opts.model, opts.use_realesrgan, factor, self.settings.default_model)
 
     def default_model(self) -> str | None:
@@ -232,10 +242,7 @@ class UpscaleService:
         cancel: threading.Event | None = None,
     ) -> Image.Image | np.ndarray:
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
-        queue = self.queues.get(device) or self.queues.setdefault(
-            device, DeviceQueue(device, self.settings.queue_size)
-        )
-        upscaled = await queue.run(
+        upscaled = await self.queue_for(device).run(
             lambda flag: self._passes(decoded.pixels, entry, target, flag),
             timeout_s=deadline - time.monotonic(),
             cancel=cancel,

@@ -196,6 +196,7 @@ def bench_model(
     server: Server | None,
     backend: PyTorchBackend,
     weights_file: Path,
+    reference: bool = True,
 ) -> None:
     scale = arch[0]
     macs = macs_per_input_pixel(scale, arch[1], arch[2], arch[3])
@@ -211,7 +212,9 @@ def bench_model(
         arr = np.asarray(img)
         data = png(img)
         gflop = 2 * macs * size * size / 1e9
-        t_ref, m_ref = timed(lambda arr=arr: reference_forward(net, arr))
+        measured = []
+        if reference:
+            measured.append(("reference", *timed(lambda arr=arr: reference_forward(net, arr))))
 
         def ref_io(data: bytes = data) -> bytes:
             return png(
@@ -220,14 +223,16 @@ def bench_model(
                 )
             )
 
-        t_io, m_io = timed(ref_io)
-        t_eng, m_eng = timed(lambda arr=arr: quantize(run_model(arr, runner, scale), 8))
-        measured = [("reference", t_ref, m_ref), ("ref+io", t_io, m_io), ("engine", t_eng, m_eng)]
+        if reference:
+            measured.append(("ref+io", *timed(ref_io)))
+        measured.append(("engine", *timed(lambda arr=arr: quantize(run_model(arr, runner, scale), 8))))
         if server is not None:
-            t_http, m_http = timed(
+            http = timed(
                 lambda data=data: server.upscale(data, model=name, scale=str(scale)), pid=server.proc.pid
             )
-            measured.append(("http", t_http, m_http))
+            measured.append(("http", *http))
+        t_ref = measured[0][1] if reference else None
+        t_io = measured[1][1] if reference else None
         for row, secs, mem in measured:
             rows.append(
                 [
@@ -236,8 +241,8 @@ def bench_model(
                     f"{secs:.3f}",
                     f"{gflop / secs:.0f}",
                     f"{mem:.0f}",
-                    f"{t_ref / secs:.2f}x",
-                    f"{t_io / secs:.2f}x",
+                    f"{t_ref / secs:.2f}x" if t_ref else "-",
+                    f"{t_io / secs:.2f}x" if t_io else "-",
                 ]
             )
     status = backend.status()
@@ -291,6 +296,9 @@ def main() -> None:
     p.add_argument("--sizes", default="128,256,512")
     p.add_argument("--large", action="store_true", help="add 1024 px inputs")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip the plain forward (it needs ~10 GB at 1024 px, x4)"
+    )
     p.add_argument("--precision", default="auto")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] + ([1024] if args.large else [])
@@ -331,7 +339,7 @@ def main() -> None:
     probe = HealthProbe(server.url) if server else None
     try:
         for name, sd, arch, path in models:
-            bench_model(name, sd, arch, sizes, server, backend, path)
+            bench_model(name, sd, arch, sizes, server, backend, path, reference=not args.no_reference)
         if server is not None:
             bench_lanczos(server, level=1)
     finally:

@@ -137,3 +137,10 @@ def test_generate_rejects_non_json(client: TestClient) -> None:
     assert resp.status_code == 422
     resp = client.post("/generate", content=b"x", headers={"Content-Type": "text/plain"})
     assert resp.status_code == 415
+
+
+def test_generate_hr_scale_one_resizes_without_a_model(client: TestClient) -> None:
+    on_grid = base64.b64encode(png_bytes(gradient_image(64, 48))).decode()
+    resp = client.post("/generate", json={"image": on_grid, "hr_scale": 1.0})
+    info = resp.json()["info"]
+    assert (info["upscaler"], info["fallback_reason"], info["output_size"]) == ("lanczos", None, [64, 48])

@@ -47,6 +47,11 @@ class AppState:
     draining: bool = False
     drain_started: float | None = None  # time.monotonic() when draining began
 
+    def inference_device(self) -> str:
+        """The device PyTorch models run on ("cpu" when torch is missing: LANCZOS-only service)."""
+        device = getattr(self.backends.get("pytorch"), "device", None)
+        return device if isinstance(device, str) else "cpu"
+
     def begin_drain(self) -> None:
         """Refuse new work from now on. Idempotent: the grace period counts from the first call."""
         if self.drain_started is None:
