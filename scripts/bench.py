@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,7 @@ from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.backends.rrdbnet import RRDBNet, macs_per_input_pixel  # noqa: E402
 from app.engine import run_model  # noqa: E402
 from app.imaging import quantize  # noqa: E402
+from scripts.localserver import local_server  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 SHAPES = {"x4plus": (4, 64, 23, 32), "x2plus": (2, 64, 23, 32)}
@@ -116,33 +115,15 @@ def reference_forward(net: RRDBNet, img: np.ndarray) -> np.ndarray:
 
 
 class Server:
-    """`python -m app` on 127.0.0.1 with the given weights folder."""
+    """`python -m app` on 127.0.0.1 with the given weights folder (scripts/localserver.py)."""
 
     def __init__(self, weights: Path, env: dict[str, str]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "UPSCALER_HOST": "127.0.0.1",
-            "UPSCALER_PORT": str(self.port),
-            "UPSCALER_WEIGHTS_DIR": str(weights),
-            "UPSCALER_LOG_LEVEL": "warning",
-            **env,
-        }
-        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env)
         import httpx2 as httpx
 
+        self._ctx = local_server(weights, weights / "server.log", env=env, startup_s=300)
+        srv = self._ctx.__enter__()
+        self.url, self.proc = srv.url, srv.proc
         self.http = httpx.Client(timeout=600)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if self.http.get(f"{self.url}/health/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise SystemExit("server did not start")
 
     def upscale(self, data: bytes, **fields: str) -> bytes:
         resp = self.http.post(
@@ -153,8 +134,8 @@ class Server:
         return resp.content
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.http.close()
+        self._ctx.__exit__(None, None, None)
 
 
 class HealthProbe:

@@ -22,7 +22,6 @@ import ipaddress
 import os
 import random
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.localserver import local_server  # noqa: E402
+
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 KINDS = ("neural", "lanczos", "generate", "bad")
 MIX = (0.45, 0.2, 0.2, 0.15)  # share of each kind in KINDS
@@ -266,50 +269,18 @@ def require_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def started_server(weights_dir: Path, startup_s: float = 180) -> Iterator[tuple[str, int]]:
     """`python -m app` on 127.0.0.1 and a free port; yields (url, pid) once /health/ready says 200."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSCALER_HOST": "127.0.0.1",
-        "UPSCALER_PORT": str(port),
-        "UPSCALER_WEIGHTS_DIR": str(weights_dir),
-        "UPSCALER_LOG_LEVEL": "warning",
-    }
-    with tempfile.NamedTemporaryFile("w+", prefix="loadtest-server-", suffix=".log", delete=False) as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile(prefix="loadtest-server-", suffix=".log", delete=False) as tmp:
+        log_path = Path(tmp.name)
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"loadtest: the server exited ({proc.returncode}); log: {log.name}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"loadtest: the server was not ready in {startup_s:.0f} s; log: {log.name}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield url, proc.pid
+        with local_server(weights_dir, log_path, startup_s=startup_s) as srv:
+            yield srv.url, srv.proc.pid
+    except RuntimeError as exc:
+        raise SystemExit(f"loadtest: {exc}") from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        print(f"server log: {log.name}")
+        print(f"server log: {log_path}")
 
 
 # -- the report ----------------------------------------------------------------------------------------

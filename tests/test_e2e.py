@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,48 +10,14 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import ROOT, decode_response, gradient_image, png_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from scripts.localserver import local_server
+from tests.conftest import decode_response, gradient_image, png_bytes
 
 
 @pytest.fixture
 def server(weights_dir: Path, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSCALER_HOST": "127.0.0.1",
-        "UPSCALER_PORT": str(port),
-        "UPSCALER_WEIGHTS_DIR": str(weights_dir),
-        "UPSCALER_LOG_LEVEL": "warning",
-    }
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready in 60 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+    with local_server(weights_dir, tmp_path / "server.log", startup_s=60) as srv:
+        yield srv.url
 
 
 @pytest.mark.slow

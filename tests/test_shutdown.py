@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +16,9 @@ from fastapi.testclient import TestClient
 
 from app.config import SettingsError, load_settings
 from app.main import create_app
-from tests.conftest import ROOT, ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
+from scripts.localserver import local_server
+from tests.conftest import ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
 from tests.stubs import add_stub
-from tests.test_e2e import free_port
 
 PNG = png_bytes(gradient_image(40, 30))
 
@@ -103,82 +100,50 @@ def slow_weights(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_e2e_sigterm_finishes_in_flight_request_then_exits_0(slow_weights: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSCALER_HOST": "127.0.0.1",
-        "UPSCALER_PORT": str(port),
-        "UPSCALER_WEIGHTS_DIR": str(slow_weights),
-        "UPSCALER_THREADS": "1",
-        "UPSCALER_SHUTDOWN_GRACE_S": "120",
-        "UPSCALER_LOG_LEVEL": "info",
-    }
+    env = {"UPSCALER_THREADS": "1", "UPSCALER_SHUTDOWN_GRACE_S": "120", "UPSCALER_LOG_LEVEL": "info"}
     log_path = tmp_path / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            for _ in range(600):
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
-                pytest.fail("server did not become ready")
+    with local_server(slow_weights, log_path, env=env, startup_s=60) as srv:
+        url, proc = srv.url, srv.proc
+        img = png_bytes(gradient_image(320, 320))
+        answers: list[httpx.Response] = []
 
-            img = png_bytes(gradient_image(320, 320))
-            answers: list[httpx.Response] = []
-
-            def upscale() -> None:
-                answers.append(
-                    httpx.post(
-                        f"{url}/upscale",
-                        files={"image": ("big.png", img, "image/png")},
-                        data={"scale": "4"},
-                        headers={"X-Request-ID": "in-flight"},
-                        timeout=300,
-                    )
+        def upscale() -> None:
+            answers.append(
+                httpx.post(
+                    f"{url}/upscale",
+                    files={"image": ("big.png", img, "image/png")},
+                    data={"scale": "4"},
+                    headers={"X-Request-ID": "in-flight"},
+                    timeout=300,
                 )
+            )
 
-            worker = threading.Thread(target=upscale)
-            worker.start()
-            for _ in range(600):  # until the model is working on it
-                queues = httpx.get(f"{url}/health", timeout=10).json()["queues"]
-                if queues and queues[0]["in_flight"] == 1:
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the upscale never started")
-            proc.send_signal(signal.SIGTERM)
-            refused = False
-            for _ in range(
-                200
-            ):  # new work is turned away: at the socket once uvicorn stops listening, or 503
-                try:
-                    late = httpx.post(
-                        f"{url}/upscale", files={"image": ("a.png", PNG, "image/png")}, timeout=30
-                    )
-                except httpx.TransportError:
-                    refused = True
-                    break
-                if late.status_code == 503:
-                    refused = True
-                    break
-                # Accepted in the instant before the listener closed: then it is served in full.
-                assert late.status_code == 200
-                time.sleep(0.05)
-            assert refused
-            worker.join(300)
-            assert proc.wait(timeout=120) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        worker = threading.Thread(target=upscale)
+        worker.start()
+        for _ in range(600):  # until the model is working on it
+            queues = httpx.get(f"{url}/health", timeout=10).json()["queues"]
+            if queues and queues[0]["in_flight"] == 1:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the upscale never started")
+        proc.send_signal(signal.SIGTERM)
+        refused = False
+        for _ in range(200):  # new work is turned away: at the socket once uvicorn stops listening, or 503
+            try:
+                late = httpx.post(f"{url}/upscale", files={"image": ("a.png", PNG, "image/png")}, timeout=30)
+            except httpx.TransportError:
+                refused = True
+                break
+            if late.status_code == 503:
+                refused = True
+                break
+            # Accepted in the instant before the listener closed: then it is served in full.
+            assert late.status_code == 200
+            time.sleep(0.05)
+        assert refused
+        worker.join(300)
+        assert proc.wait(timeout=120) == 0
     assert answers and answers[0].status_code == 200, log_path.read_text()
     assert answers[0].headers["x-output-size"] == "1280x1280"
     text = log_path.read_text()
