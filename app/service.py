@@ -26,6 +26,7 @@ from app.errors import ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnava
 from app.fallback import LANCZOS, Choice, choose
 from app.memory import MIB, budget_bytes, estimate_bytes
 from app.scheduler import DeviceQueue
+from app.schemas import UpscaleParams
 
 log = logging.getLogger("app.service")
 
@@ -45,16 +46,8 @@ class Target:
     crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) after a cover-resize
 
 
-@dataclass(frozen=True)
-class Options:
-    scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    model: str = "auto"
-    use_realesrgan: bool = True
-    fallback: bool = True
-    format: str | None = None
-    quality: int | None = None
+# A request's options are the API's own validated model: one definition of the fields.
+Options = UpscaleParams
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,10 @@ def result_headers(result: Result) -> dict[str, str]:
 
 
 def to_options(params: UpscaleParams) -> Options:
+    """Range checks the schema leaves to the service (400 invalid_parameter, not 422)."""
     if params.quality is not None and not 1 <= params.quality <= 100:
         raise InvalidParameter(f"quality must be 1..100, not {params.quality}")
-    return Options(**params.model_dump())
+    return params
 
 
 @router.post(
