@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -88,5 +87,3 @@ class Backend(Protocol):
         """Load and warm up `entry` in place: set runner/arch, or reason + fallback_reason. Never raises."""
         ...
 
-
-RunFn = Callable[[np.ndarray], np.ndarray]
