@@ -86,4 +86,3 @@ class Backend(Protocol):
     def load(self, entry: ModelEntry) -> None:
         """Load and warm up `entry` in place: set runner/arch, or reason + fallback_reason. Never raises."""
         ...
-
