@@ -32,12 +32,8 @@ def _ramp(n_out: int, lo_band: int, hi_band: int) -> np.ndarray:
     if lo_band:
         w[:lo_band] = (np.arange(lo_band, dtype=np.float32) + 0.5) / lo_band
     if hi_band:
-        w[n_out - hi_band :] = np.minimum(
-            w[n_out - hi_band :],
-            w[:hi_band][::-1]
-            if lo_band == hi_band
-            else (np.arange(hi_band, 0, -1, dtype=np.float32) - 0.5) / hi_band,
-        )
+        falling = (np.arange(hi_band, 0, -1, dtype=np.float32) - 0.5) / hi_band
+        w[n_out - hi_band :] = np.minimum(w[n_out - hi_band :], falling)
     return w
 
 
