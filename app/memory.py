@@ -16,11 +16,9 @@ MIB = 1024 * 1024
 FLOAT32 = 4
 # Colour plus alpha: the header does not say which the image has, so count the larger.
 CHANNELS = 4
-# Feature maps alive at once in an RRDBNet's full-resolution head (upsample, conv, conv_hr), each
-# num_feat channels at the tile's output size: the peak of one forward pass.
-ACTIVATION_MAPS = 3
-# num_feat of the published ESRGAN / Real-ESRGAN models, for runners that do not say (Core ML, stubs).
-DEFAULT_FEATURES = 64
+# Activation values per input pixel at the peak of one forward, for runners whose model has no
+# descriptor (stubs): an RRDBNet x4 with num_feat 64 (three 64-channel maps at 16x the pixels).
+DEFAULT_ACTIVATIONS_PER_PIXEL = 3 * 64 * 16
 AUTO_FRACTION = 0.5  # of the machine's (or container's) memory, when UPSCALER_MEMORY_BUDGET_MB is 0
 UNKNOWN_TOTAL = 8 * 1024 * MIB  # assumed when the total cannot be read (no /proc, no sysconf)
 
@@ -52,12 +50,15 @@ def estimate_bytes(
     precision = getattr(runner, "precision", "fp32")
     elem = 2 if precision in ("fp16", "bf16") else FLOAT32
     on_host = getattr(runner, "device", "cpu") != "cuda"
-    features = entry.arch.num_feat if entry is not None and entry.arch is not None else DEFAULT_FEATURES
+    desc = entry.descriptor if entry is not None else None
+    per_px = desc.activations_per_pixel if desc is not None and desc.activations_per_pixel else None
     w, h, total, peak = width, height, 1, 0
     while True:
         whole = side <= 0 or (side >= w and side >= h)
         tile_px = w * h if whole else (min(side, w) + 2 * pad) * (min(side, h) + 2 * pad)
-        activations = tile_px * s * s * features * elem * ACTIVATION_MAPS if on_host else 0
+        if per_px is None:  # scaled to the runner's factor: the published nets' head at that scale
+            per_px = DEFAULT_ACTIVATIONS_PER_PIXEL * s * s // 16
+        activations = tile_px * per_px * elem if on_host else 0
         peak = max(peak, (w * h + w * h * s * s) * CHANNELS * FLOAT32 + activations)
         w, h, total = w * s, h * s, total * s
         if total >= factor - 1e-6 or s == 1 or w * h * s * s > max_pixels:

@@ -137,8 +137,13 @@ class StateCollector(Collector):
         available = GaugeMetricFamily(
             "upscaler_model_available", "1 when the model can serve, 0 when not", labels=["model", "backend"]
         )
+        # One series per (model, backend): a name with several files (duplicates) is one model.
+        series: dict[tuple[str, str], float] = {}
         for entry in list(state.registry.models):
-            available.add_metric([entry.name, entry.backend], 1.0 if entry.available else 0.0)
+            key = (entry.name, entry.backend)
+            series[key] = max(series.get(key, 0.0), 1.0 if entry.available else 0.0)
+        for (model, backend), value in sorted(series.items()):
+            available.add_metric([model, backend], value)
         yield available
 
         budget = GaugeMetricFamily(

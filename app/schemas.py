@@ -72,13 +72,17 @@ class ModelHealth(BaseModel):
     name: str
     backend: str
     file: str
-    arch: str | None
+    arch: str | None = Field(description="the model's family: RRDBNet, SRVGGNetCompact, SwinIR, ...")
     scale: int | None
     available: bool
     reason: str | None
     fallback_reason: str | None = None
     serving: bool = False
     tile: int | None = None
+    precision: str | None = None
+    source: str | None = Field(None, description="native, spandrel, ncnn or coreml")
+    hyperparameters: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    duplicate_of: str | None = Field(None, description="the file that serves this name instead")
     meta: dict[str, str] = Field(default_factory=dict)
 
 

@@ -34,15 +34,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.backends.base import ModelEntry  # noqa: E402
-from app.backends.checkpoint import detect, normalize_state_dict  # noqa: E402
 from app.backends.pytorch import PyTorchBackend  # noqa: E402
-from app.backends.rrdbnet import RRDBNet, macs_per_input_pixel  # noqa: E402
 from app.engine import run_model  # noqa: E402
 from app.imaging import quantize  # noqa: E402
+from app.models import compact, rrdbnet  # noqa: E402
+from app.models.architectures import load_file  # noqa: E402
+from app.models.descriptor import ModelDescriptor  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
-SHAPES = {"x4plus": (4, 64, 23, 32), "x2plus": (2, 64, 23, 32)}
+# Random-weight nets of the published shapes: RealESRGAN_x4plus / x2plus, realesr-animevideov3 and
+# realesr-general-x4v3 (SRVGGNetCompact).
+SHAPES = {
+    "x4plus": rrdbnet.descriptor(3, 3, 4, 64, 23, 32),
+    "x2plus": rrdbnet.descriptor(3, 3, 2, 64, 23, 32),
+    "animevideov3": compact.descriptor(3, 3, 4, 64, 16),
+    "general-x4v3": compact.descriptor(3, 3, 4, 64, 32),
+}
+FAMILIES = {"RRDBNet": rrdbnet, "SRVGGNetCompact": compact}
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -99,14 +108,7 @@ def png(img: Image.Image, level: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def reference_net(sd: dict, arch: tuple[int, int, int, int]) -> RRDBNet:
-    scale, feat, blocks, grow = arch
-    net = RRDBNet(3, 3, scale, feat, blocks, grow)
-    net.load_state_dict(sd)
-    return net.eval()
-
-
-def reference_forward(net: RRDBNet, img: np.ndarray) -> np.ndarray:
+def reference_forward(net: torch.nn.Module, img: np.ndarray) -> np.ndarray:
     """As inference_realesrgan.py on CPU: fp32, NCHW, whole image, no_grad."""
     x = torch.from_numpy(np.transpose(img.astype(np.float32) / 255.0, (2, 0, 1))).unsqueeze(0)
     with torch.no_grad():
@@ -171,17 +173,15 @@ def table(title: str, head: list[str], rows: list[list[str]]) -> None:
 
 def bench_model(
     name: str,
-    sd: dict,
-    arch: tuple[int, int, int, int],
+    desc: ModelDescriptor,
+    net: torch.nn.Module,
     sizes: list[int],
     server: Server | None,
     backend: PyTorchBackend,
     weights_file: Path,
     reference: bool = True,
 ) -> None:
-    scale = arch[0]
-    macs = macs_per_input_pixel(scale, arch[1], arch[2], arch[3])
-    net = reference_net(sd, arch)
+    scale, macs = desc.scale, desc.macs_per_pixel
     entry = ModelEntry(name, "pytorch", weights_file)
     backend.load(entry)
     assert entry.runner is not None, entry.reason
@@ -228,8 +228,9 @@ def bench_model(
             )
     status = backend.status()
     table(
-        f"{name}: RRDBNet x{scale}, {arch[2]} blocks, {arch[1]} features "
-        f"({macs / 1e6:.2f} M MAC per input px); "
+        f"{name}: {desc.family} x{scale}, "
+        + ", ".join(f"{k} {v}" for k, v in desc.hyperparameters.items())
+        + f" ({macs / 1e6:.2f} M MAC per input px); "
         f"engine {status.device} {status.precision}, tile {runner.default_tile}",
         ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"],
         rows,
@@ -273,7 +274,11 @@ def bench_encode(size: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", type=Path, help="more checkpoints to benchmark")
-    p.add_argument("--models", default="x4plus,x2plus,shipped", help="x4plus, x2plus, shipped (comma list)")
+    p.add_argument(
+        "--models",
+        default="x4plus,x2plus,animevideov3,shipped",
+        help=f"{', '.join(SHAPES)}, shipped (comma list)",
+    )
     p.add_argument("--sizes", default="128,256,512")
     p.add_argument("--large", action="store_true", help="add 1024 px inputs")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
@@ -287,29 +292,24 @@ def main() -> None:
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="upscaler-bench-"))
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    models: list[tuple[str, dict, tuple[int, int, int, int], Path]] = []
+    models: list[tuple[str, ModelDescriptor, torch.nn.Module, Path]] = []
     for kind in kinds:
         if kind in SHAPES:
-            scale, feat, blocks, grow = SHAPES[kind]
-            sd = {k: v.contiguous() for k, v in RRDBNet(3, 3, scale, feat, blocks, grow).state_dict().items()}
+            desc = SHAPES[kind]
+            net = FAMILIES[desc.family].build(desc).eval()
             path = work / f"{kind}-random.safetensors"
-            save_file(sd, str(path))
-            models.append((path.stem, sd, SHAPES[kind], path))
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+            models.append((path.stem, desc, net, path))
     extra = list(args.checkpoints)
     if "shipped" in kinds:
         extra = sorted((ROOT / "weights").glob("*.safetensors")) + extra
-    loader = PyTorchBackend(device="cpu", precision="fp32")
     for path in extra:
-        raw, _ = loader.read_state_dict(path)
-        sd = normalize_state_dict(raw)
-        a = detect(sd)
+        desc, net, _ = load_file(path)
         dst = work / f"{path.stem}.safetensors"
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(dst))
-        models.append(
-            (path.stem, load_file(str(dst)), (a.scale, a.num_feat, a.num_block, a.num_grow_ch), dst)
-        )
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(dst))
+        models.append((path.stem, desc, net, dst))
 
     backend = PyTorchBackend(device="auto", precision=args.precision)
     print(
@@ -319,8 +319,8 @@ def main() -> None:
     server = None if args.no_http else Server(work, {"UPSCALER_PRECISION": args.precision})
     probe = HealthProbe(server.url) if server else None
     try:
-        for name, sd, arch, path in models:
-            bench_model(name, sd, arch, sizes, server, backend, path, reference=not args.no_reference)
+        for name, desc, net, path in models:
+            bench_model(name, desc, net, sizes, server, backend, path, reference=not args.no_reference)
         if server is not None:
             bench_lanczos(server, level=1)
     finally:

@@ -70,15 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # unreadable or refused checkpoint, not an RRDBNet
+    except ValueError as exc:  # unreadable or refused checkpoint, unknown architecture
         print(f"error: {args.weights}: {exc}", file=sys.stderr)
         return 1
-    a = done.arch
+    a = done.descriptor
     print(f"wrote {done.output} in {time.perf_counter() - t0:.1f} s")
-    print(f"  {a.arch} x{a.scale}: num_feat {a.num_feat}, num_block {a.num_block}, grow {a.num_grow_ch}")
+    print(f"  {a.family} x{a.scale}: " + ", ".join(f"{k} {v}" for k, v in a.hyperparameters.items()))
     print(f"  input (1, {a.in_ch}, H, W), H x W in {format_shapes(done.shapes)}")
     print(f"  {args.precision}, minimum {args.target}")
-    served = CoreMLRunner(lambda x: x, a.scale, done.shapes, SERVICE_TILE_PAD)
+    served = CoreMLRunner(lambda x: x, a.scale, done.shapes, SERVICE_TILE_PAD, a.in_ch, a.size_multiple)
     print(
         f"  the service runs {served.default_tile} px tiles with {served.pad} px context "
         f"(at UPSCALER_TILE_PAD={SERVICE_TILE_PAD})"
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  source sha256 {done.metadata['source_sha256']}")
     if not args.check:
         return 0
-    runtime, results = compare_with_torch(done.output, done.net, done.shapes, args.compute_units)
+    runtime, results = compare_with_torch(done.output, done.net, a.in_ch, done.shapes, args.compute_units)
     if runtime != "coreml":
         print("check: Core ML predicts only on macOS; comparing the package's program run by the reference")
         print("       executor (app/backends/mil_reference.py) instead, which is not Core ML's runtime")

@@ -27,7 +27,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.backends.rrdbnet import RRDBNet  # noqa: E402
+from app.models.rrdbnet import RRDBNet  # noqa: E402
 from app.quality import bicubic_lr, modcrop, psnr_y  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"

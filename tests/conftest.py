@@ -46,12 +46,19 @@ def gradient_image(w: int = 40, h: int = 30, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(rgb, "RGB").convert(mode)
 
 
+def arch_tuple(desc: object) -> tuple:
+    """(family, scale, in_ch, out_ch, num_feat, num_block, num_grow_ch) of an RRDBNet descriptor."""
+    d = desc  # a ModelDescriptor
+    hp = d.hyperparameters  # type: ignore[attr-defined]
+    return (d.family, d.scale, d.in_ch, d.out_ch, hp["num_feat"], hp["num_block"], hp["num_grow_ch"])  # type: ignore[attr-defined]
+
+
 def tiny_state_dict(
     scale: int, seed: int = 0, num_feat: int = 8, num_block: int = 1, num_grow_ch: int = 4, channels: int = 3
 ) -> dict:
     import torch
 
-    from app.backends.rrdbnet import RRDBNet
+    from app.models.rrdbnet import RRDBNet
 
     torch.manual_seed(seed)
     net = RRDBNet(channels, channels, scale, num_feat, num_block, num_grow_ch)

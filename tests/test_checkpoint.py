@@ -7,10 +7,22 @@ import pytest
 import torch
 
 from app.backends.base import ModelEntry
-from app.backends.checkpoint import UnknownArchitecture, detect, normalize_state_dict
 from app.backends.pytorch import PyTorchBackend
-from app.backends.rrdbnet import RRDBNet
+from app.models import rrdbnet
+from app.models.architectures import describe
+from app.models.checkpoint import unwrap
+from app.models.descriptor import UnknownArchitecture
+from app.models.rrdbnet import RRDBNet
 from tests.conftest import LAYOUTS, tiny_state_dict, write_checkpoint
+
+
+def detect(sd: dict):  # type: ignore[no-untyped-def]
+    """The RRDBNet descriptor of a (possibly wrapped, possibly old-named) state dict."""
+    return describe(unwrap(sd))
+
+
+def normalize_state_dict(obj: object) -> dict:
+    return rrdbnet.normalize(unwrap(obj))
 
 
 def _load(path: Path, **kwargs: object) -> ModelEntry:
@@ -32,7 +44,8 @@ def test_load_every_layout_gives_the_same_net(tmp_path: Path, layout: str, scale
     sd = tiny_state_dict(scale, seed=3, num_block=2)
     entry = _load(write_checkpoint(sd, tmp_path / "m", layout))
     assert entry.available, entry.reason
-    assert entry.arch is not None and (entry.arch.scale, entry.arch.num_block) == (scale, 2)
+    assert entry.descriptor is not None
+    assert (entry.descriptor.scale, entry.descriptor.hp("num_block")) == (scale, 2)
     ref = RRDBNet(3, 3, scale, 8, 2, 4).eval()
     ref.load_state_dict(sd)
     x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
@@ -49,7 +62,8 @@ def test_detect_reads_hyperparameters(scale: int, num_feat: int, num_block: int,
     arch = detect(
         normalize_state_dict(tiny_state_dict(scale, num_feat=num_feat, num_block=num_block, num_grow_ch=grow))
     )
-    assert (arch.scale, arch.num_feat, arch.num_block, arch.num_grow_ch, arch.in_ch, arch.out_ch) == (
+    hp = arch.hyperparameters
+    assert (arch.scale, hp["num_feat"], hp["num_block"], hp["num_grow_ch"], arch.in_ch, arch.out_ch) == (
         scale,
         num_feat,
         num_block,
@@ -66,7 +80,7 @@ def test_detect_grayscale_model() -> None:
 
 
 def test_detect_rejects_other_architectures() -> None:
-    with pytest.raises(UnknownArchitecture, match="not an RRDBNet"):
+    with pytest.raises(UnknownArchitecture, match="unsupported architecture: 1 tensors, keys like encoder"):
         detect({"encoder.weight": torch.zeros(3, 3)})
     sd = tiny_state_dict(4)
     sd["conv_first.weight"] = torch.zeros(8, 5, 3, 3)

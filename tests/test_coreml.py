@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import Architecture, ModelEntry
-from app.backends.checkpoint import detect
+from app.backends.base import ModelEntry
 from app.backends.coreml import (
     OFF_MACOS,
     CoreMLBackend,
@@ -26,14 +25,23 @@ from app.backends.coreml import (
 )
 from app.backends.coreml_convert import psnr
 from app.backends.pytorch import TorchRunner
-from app.backends.rrdbnet import RRDBNet
 from app.engine import run_model
-from tests.conftest import ClientFactory, decode_response, gradient_image, png_bytes, tiny_state_dict
+from app.models import rrdbnet
+from app.models.descriptor import ModelDescriptor
+from app.models.rrdbnet import RRDBNet
+from tests.conftest import (
+    ClientFactory,
+    arch_tuple,
+    decode_response,
+    gradient_image,
+    png_bytes,
+    tiny_state_dict,
+)
 
 
-def tiny_net(scale: int, seed: int = 3, channels: int = 3) -> tuple[RRDBNet, Architecture]:
+def tiny_net(scale: int, seed: int = 3, channels: int = 3) -> tuple[RRDBNet, ModelDescriptor]:
     sd = tiny_state_dict(scale, seed=seed, channels=channels)
-    arch = detect(sd)
+    arch = rrdbnet.describe(sd)
     net = RRDBNet(channels, channels, scale, 8, 1, 4)
     net.load_state_dict(sd)
     return net.eval(), arch
@@ -168,7 +176,7 @@ def test_package_shapes_and_describe_read_the_spec() -> None:
     assert sorted(package_shapes(spec)) == [(32, 32), (64, 64)]
     assert package_shapes(spec_of([(48, 80)])) == [(48, 80)]
     arch, shown = describe(spec)
-    assert arch == Architecture("RRDBNet", 2, 3, 3, 8, 1, 4)
+    assert arch_tuple(arch) == ("RRDBNet", 2, 3, 3, 8, 1, 4)
     assert shown["tile_sizes"] == "32,64" and shown["num_feat"] == "8"
     assert "hyperparameters" not in shown and not any(k.startswith("com.github") for k in shown)
     with pytest.raises(ValueError, match="scale"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import Architecture, ModelEntry
+from app.backends.base import ModelEntry
 from app.backends.coreml import OFF_MACOS, CoreMLBackend, import_coremltools
 from app.backends.coreml_convert import (
     UnsupportedRequest,
@@ -30,7 +30,7 @@ from app.backends.coreml_convert import (
 from app.backends.mil_reference import load_program, run_program
 from app.backends.pytorch import TorchRunner
 from app.engine import run_model
-from tests.conftest import ROOT, ClientFactory, tiny_state_dict, write_checkpoint
+from tests.conftest import ROOT, ClientFactory, arch_tuple, tiny_state_dict, write_checkpoint
 from tests.test_coreml import textured
 
 macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction exists only on macOS")
@@ -129,7 +129,15 @@ def test_converted_fixed_tile_package_interface_and_metadata(packages: dict[str,
     )
     assert meta["source_sha256"] == file_sha256(packages["x4_src"]) and meta["source_file"] == "tiny-x4.pth"
     hp = json.loads(meta["hyperparameters"])
-    assert hp == {"scale": 4, "in_ch": 3, "out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
+    assert hp == {
+        "scale": 4,
+        "in_ch": 3,
+        "out_ch": 3,
+        "num_feat": 8,
+        "num_block": 1,
+        "num_grow_ch": 4,
+        "unshuffle": 1,
+    }
 
 
 @pytest.mark.slow
@@ -160,7 +168,7 @@ def test_converted_program_computes_the_torch_model(
 ) -> None:
     net, _ = load_checkpoint(packages[f"{key}_src"])
     shapes = [(48, 48)] if key == "x4" else [(32, 32), (64, 64)]
-    runtime, results = compare_with_torch(packages[key], net, shapes)
+    runtime, results = compare_with_torch(packages[key], net, 3, shapes)
     assert [s for s, _ in results] == shapes
     floor = min_db if runtime == "reference" else 40.0  # Core ML's own runtime, on macOS
     assert all(db >= floor for _, db in results), results
@@ -171,7 +179,7 @@ def test_backend_reads_package_metadata_off_macos(packages: dict[str, Any]) -> N
     entry = ModelEntry("tiny-x4", "coreml", packages["x4"])
     CoreMLBackend(platform="linux").load(entry)
     assert (entry.available, entry.reason, entry.fallback_reason) == (False, OFF_MACOS, "backend_unavailable")
-    assert entry.arch == Architecture("RRDBNet", 4, 3, 3, 8, 1, 4) and entry.scale == 4
+    assert arch_tuple(entry.descriptor) == ("RRDBNet", 4, 3, 3, 8, 1, 4) and entry.scale == 4
     assert entry.meta["source_sha256"] == file_sha256(packages["x4_src"])
 
 
@@ -218,6 +226,6 @@ def test_coreml_prediction_matches_pytorch(packages: dict[str, Any]) -> None:
         expected = run_model(img, TorchRunner(torch, net, arch, "cpu", "fp32", tile), float(arch.scale))
         got = run_model(img, entry.runner, float(arch.scale))
         assert psnr(got, expected) >= 40.0
-        runtime, results = compare_with_torch(packages[key], net, [tuple(s) for s in entry.runner.shapes])
+        runtime, results = compare_with_torch(packages[key], net, 3, [tuple(s) for s in entry.runner.shapes])
         assert runtime == "coreml" and all(db >= 40.0 for _, db in results), results
         assert np.isfinite(got).all()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from app.backends.rrdbnet import RRDBNet, macs_per_input_pixel
+from app.models.rrdbnet import RRDBNet, macs_per_input_pixel
 
 
 @pytest.mark.parametrize(("scale", "size"), [(1, 16), (2, 10), (4, 7)])

@@ -37,7 +37,7 @@ def test_upscale_tiled_pointwise_fn_is_exact(tile: int, pad: int) -> None:
 
 
 def test_upscale_tiled_model_matches_whole_image() -> None:
-    from app.backends.rrdbnet import RRDBNet
+    from app.models.rrdbnet import RRDBNet
 
     net = RRDBNet(3, 3, 4, 8, 1, 4).eval()
     net.load_state_dict(tiny_state_dict(4, seed=5))

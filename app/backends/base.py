@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from app.models.descriptor import ModelDescriptor
+
 # Why a model cannot serve, as SPEC's X-Fallback-Reason values.
 WEIGHTS_MISSING = "weights_missing"
 LIBRARY_MISSING = "library_missing"
@@ -27,24 +29,6 @@ class BackendStatus:
     precision: str | None = None
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """What the state dict says about the net (spandrel-style descriptor: callers never guess)."""
-
-    arch: str
-    scale: int
-    in_ch: int
-    out_ch: int
-    num_feat: int
-    num_block: int
-    num_grow_ch: int
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (pixel-unshuffle of x2 / x1 models)."""
-        return {4: 1, 2: 2, 1: 4}[self.scale]
-
-
 class Runner(Protocol):
     """A loaded model. `run(x)`: (h, w, C) uint8/uint16/float32 tile -> (h*s, w*s, C) float32 in ~0..1."""
 
@@ -62,11 +46,12 @@ class ModelEntry:
     name: str
     backend: str
     file: Path
-    arch: Architecture | None = None
+    descriptor: ModelDescriptor | None = None
     runner: Runner | None = None
     reason: str | None = None
     fallback_reason: str | None = None  # the X-Fallback-Reason a request for it would get
     meta: dict[str, str] = field(default_factory=dict)
+    duplicate_of: str | None = None  # the file that serves this name instead (one stem, several files)
 
     @property
     def available(self) -> bool:
@@ -74,7 +59,9 @@ class ModelEntry:
 
     @property
     def scale(self) -> int | None:
-        return self.runner.scale if self.runner is not None else (self.arch.scale if self.arch else None)
+        if self.runner is not None:
+            return self.runner.scale
+        return self.descriptor.scale if self.descriptor else None
 
 
 class Backend(Protocol):
@@ -84,5 +71,12 @@ class Backend(Protocol):
     def status(self) -> BackendStatus: ...
 
     def load(self, entry: ModelEntry) -> None:
-        """Load and warm up `entry` in place: set runner/arch, or reason + fallback_reason. Never raises."""
+        """Load and warm up `entry` in place: set runner and descriptor, or reason + fallback_reason.
+        Never raises."""
         ...
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception as one line (multi-line messages such as load_state_dict's joined by '; ')."""
+    text = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__

@@ -27,16 +27,18 @@ from app.backends.base import (
     LIBRARY_MISSING,
     MODEL_ERROR,
     WEIGHTS_MISSING,
-    Architecture,
     BackendStatus,
     ModelEntry,
+    one_line,
 )
 from app.imaging import to_unit_float
+from app.models.descriptor import UNSHUFFLE_BY_SCALE, ModelDescriptor
 from app.tiling import upscale_tiled
 
 log = logging.getLogger("app.backends.coreml")
 
 SUFFIXES = (".mlpackage", ".mlmodel")
+DEFAULT_FEATURES = 64  # num_feat of the published models, for the memory estimate of older packages
 OFF_MACOS = "Core ML runs only on macOS"
 # Metadata coremltools writes itself; not shown on /health.
 _TOOL_KEYS = "com.github.apple.coremltools."
@@ -111,7 +113,13 @@ class CoreMLRunner:
     """
 
     def __init__(
-        self, predict: Predict, scale: int, shapes: list[tuple[int, int]], pad: int, channels: int = 3
+        self,
+        predict: Predict,
+        scale: int,
+        shapes: list[tuple[int, int]],
+        pad: int,
+        channels: int = 3,
+        size_multiple: int | None = None,
     ) -> None:
         if not shapes:
             raise ValueError("a Core ML runner needs at least one input shape")
@@ -119,7 +127,7 @@ class CoreMLRunner:
             raise ValueError(f"a Core ML package with {channels} input channels is not an image model")
         self.predict = predict
         self.scale = scale
-        self.size_multiple = {4: 1, 2: 2, 1: 4}.get(scale, 1)
+        self.size_multiple = size_multiple or UNSHUFFLE_BY_SCALE.get(scale, 1)
         self.channels = channels
         self.shapes = sorted(set(shapes), key=lambda s: (s[0] * s[1], s))
         side = max(min(s) for s in self.shapes)
@@ -185,7 +193,7 @@ def package_shapes(spec: Any) -> list[tuple[int, int]]:
     return [(int(s[2]), int(s[3])) for s in shapes]
 
 
-def describe(spec: Any) -> tuple[Architecture, dict[str, str]]:
+def describe(spec: Any) -> tuple[ModelDescriptor, dict[str, str]]:
     """The model descriptor and /health metadata from a package's user metadata (written by
     scripts/convert_coreml.py). Raises ValueError when the scale cannot be known."""
     user = {str(k): str(v) for k, v in spec.description.metadata.userDefined.items()}
@@ -194,25 +202,28 @@ def describe(spec: Any) -> tuple[Architecture, dict[str, str]]:
     meta.update({k: str(v) for k, v in hp.items() if k not in meta})
     channels = int(spec.description.input[0].type.multiArrayType.shape[1] or 3)
     scale = int(meta.get("scale") or 0)
-    if scale not in (1, 2, 4):
+    if scale not in (1, 2, 3, 4):
         raise ValueError(
             f"package metadata has no usable 'scale' ({meta.get('scale')!r}); "
             "convert it with scripts/convert_coreml.py"
         )
-
-    def num(key: str) -> int:
-        return int(hp.get(key, 0))
-
-    arch = Architecture(
-        meta.get("arch", "unknown"),
-        scale,
-        channels,
-        num("out_ch") or channels,
-        num("num_feat"),
-        num("num_block"),
-        num("num_grow_ch"),
+    hyper = {
+        k: v
+        for k, v in hp.items()
+        if k not in ("scale", "in_ch", "out_ch") and isinstance(v, (int, float, str))
+    }
+    num_feat = int(hp.get("num_feat", 0)) or DEFAULT_FEATURES
+    desc = ModelDescriptor(
+        family=meta.get("arch", "unknown"),
+        scale=scale,
+        in_ch=channels,
+        out_ch=int(hp.get("out_ch", 0)) or channels,
+        hyperparameters=hyper,
+        size_multiple=int(hp.get("unshuffle", 0)) or UNSHUFFLE_BY_SCALE.get(scale, 1),
+        activations_per_pixel=3 * num_feat * scale * scale,
+        source="coreml",
     )
-    return arch, meta
+    return desc, meta
 
 
 def open_package(path: Path, compute_units: str) -> tuple[Predict, Any]:
@@ -253,7 +264,7 @@ class CoreMLBackend:
             try:
                 self.version = str(import_coremltools().__version__)
             except Exception as exc:  # ImportError, or a broken install raising anything at import
-                self.reason = f"coremltools is not importable: {_one_line(exc)}"
+                self.reason = f"coremltools is not importable: {one_line(exc)}"
                 self.fallback_reason = LIBRARY_MISSING
 
     def status(self) -> BackendStatus:
@@ -268,16 +279,18 @@ class CoreMLBackend:
             return
         try:
             predict, spec = self.opener(entry.file, self.compute_units)
-            arch, meta = describe(spec)
-            runner = CoreMLRunner(predict, arch.scale, package_shapes(spec), self.tile_pad, arch.in_ch)
+            desc, meta = describe(spec)
+            runner = CoreMLRunner(
+                predict, desc.scale, package_shapes(spec), self.tile_pad, desc.in_ch, desc.size_multiple
+            )
         except Exception as exc:  # coremltools raises many kinds; one bad package never stops start-up
-            entry.reason, entry.fallback_reason = _one_line(exc), WEIGHTS_MISSING
+            entry.reason, entry.fallback_reason = one_line(exc), WEIGHTS_MISSING
             return
-        entry.arch, entry.meta = arch, meta
+        entry.descriptor, entry.meta = desc, meta
         try:
             runner.warm_up()
         except Exception as exc:
-            entry.reason, entry.fallback_reason = f"warm-up failed: {_one_line(exc)}", MODEL_ERROR
+            entry.reason, entry.fallback_reason = f"warm-up failed: {one_line(exc)}", MODEL_ERROR
             return
         entry.runner = runner
 
@@ -288,11 +301,6 @@ class CoreMLBackend:
             return
         try:
             spec = import_coremltools().utils.load_spec(str(entry.file))
-            entry.arch, entry.meta = describe(spec)
+            entry.descriptor, entry.meta = describe(spec)
         except Exception as exc:
-            log.debug("could not read %s's metadata: %s", entry.file.name, _one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+            log.debug("could not read %s's metadata: %s", entry.file.name, one_line(exc))

@@ -1,4 +1,5 @@
-"""Convert RRDBNet checkpoints to Core ML packages (ML programs), and check a package against torch.
+"""Convert RRDBNet and SRVGGNetCompact checkpoints (or ncnn pairs) to Core ML packages (ML programs),
+and check a package against torch.
 
 Shared by scripts/convert_coreml.py and the tests. Conversion runs anywhere coremltools installs;
 `compare_with_torch` uses Core ML itself on macOS and the reference executor (mil_reference) elsewhere.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from app.backends.base import Architecture
+from app.models.descriptor import ModelDescriptor
 
 TARGETS = ("macOS12", "macOS13", "macOS14", "macOS15", "macOS26")
 PRECISIONS = ("fp16", "fp32")
@@ -30,6 +31,8 @@ DEFAULT_TILE = 256
 MIN_SIDE = 16
 MAX_SHAPES = 16  # Core ML allows 128; each one is compiled and kept per device
 UNSHUFFLE_TARGET = "macOS13"  # the pixel_unshuffle op of x2 / x1 models exists from iOS16 / macOS13 on
+# Families whose op set the converter and the reference executor (mil_reference) cover.
+CONVERTIBLE = ("RRDBNet", "SRVGGNetCompact")
 
 
 class UnsupportedRequest(ValueError):
@@ -43,7 +46,7 @@ class Conversion:
 
     output: Path
     net: Any
-    arch: Architecture
+    descriptor: ModelDescriptor
     shapes: list[tuple[int, int]]
     metadata: dict[str, str]
 
@@ -65,23 +68,27 @@ def format_shapes(shapes: list[tuple[int, int]]) -> str:
     return ",".join(str(h) if h == w else f"{h}x{w}" for h, w in shapes)
 
 
-def check_request(arch: Architecture, shapes: list[tuple[int, int]], target: str) -> None:
+def check_request(desc: ModelDescriptor, shapes: list[tuple[int, int]], target: str) -> None:
     """Raise UnsupportedRequest, saying what to change, for shapes or a target this model cannot have."""
+    if desc.family not in CONVERTIBLE:
+        raise UnsupportedRequest(
+            f"{desc.family} models are not converted to Core ML here (only {', '.join(CONVERTIBLE)})"
+        )
     if target not in TARGETS:
         raise UnsupportedRequest(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if arch.scale in (1, 2) and TARGETS.index(target) < TARGETS.index(UNSHUFFLE_TARGET):
+    if desc.unshuffle > 1 and TARGETS.index(target) < TARGETS.index(UNSHUFFLE_TARGET):
         raise UnsupportedRequest(
-            f"x{arch.scale} RRDBNet models pixel-unshuffle their input, which Core ML has from "
+            f"x{desc.scale} {desc.family} models pixel-unshuffle their input, which Core ML has from "
             f"{UNSHUFFLE_TARGET} on: use --target {UNSHUFFLE_TARGET} or newer (asked for {target})"
         )
     if not 1 <= len(shapes) <= MAX_SHAPES:
         raise UnsupportedRequest(f"give 1 to {MAX_SHAPES} input shapes, not {len(shapes)}")
-    m = arch.size_multiple
+    m = desc.size_multiple
     for h, w in shapes:
         if min(h, w) < MIN_SIDE or h % m or w % m:
             multiple = f" and multiples of {m}" if m > 1 else ""
             raise UnsupportedRequest(
-                f"shape {h}x{w}: sides must be at least {MIN_SIDE}{multiple} for an x{arch.scale} model"
+                f"shape {h}x{w}: sides must be at least {MIN_SIDE}{multiple} for an x{desc.scale} model"
             )
 
 
@@ -93,43 +100,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: Path) -> tuple[Any, Architecture]:
-    """The service's RRDBNet with `path`'s weights, loaded through the service's safe loader
-    (safetensors, or torch.load(weights_only=True)): (net in fp32 eval mode, descriptor).
-    Raises ValueError (unreadable or refused file, not an RRDBNet) or RuntimeError (no torch)."""
-    import torch
+def load_checkpoint(path: Path) -> tuple[Any, ModelDescriptor]:
+    """The service's net with `path`'s weights, loaded through the service's safe loader
+    (safetensors, torch.load(weights_only=True), or an ncnn pair): (net in fp32 eval mode, descriptor).
+    Raises ValueError (unreadable or refused file, unknown architecture) or RuntimeError (weights that
+    do not fit)."""
+    from app.models.architectures import load_file
 
-    from app.backends.checkpoint import detect, normalize_state_dict
-    from app.backends.pytorch import PyTorchBackend
-    from app.backends.rrdbnet import RRDBNet
-
-    backend = PyTorchBackend("cpu", "fp32", threads=torch.get_num_threads())
-    if backend.reason:
-        raise RuntimeError(backend.reason)
-    raw, _ = backend.read_state_dict(Path(path))
-    sd = normalize_state_dict(raw)  # UnknownArchitecture is a ValueError
-    arch = detect(sd)
-    net = RRDBNet(arch.in_ch, arch.out_ch, arch.scale, arch.num_feat, arch.num_block, arch.num_grow_ch)
-    net.load_state_dict(sd, strict=True)
-    return net.eval().requires_grad_(False), arch
+    desc, net, _ = load_file(Path(path))
+    return net.eval().requires_grad_(False), desc
 
 
 def package_metadata(
-    arch: Architecture, shapes: list[tuple[int, int]], source: Path, sha256: str, precision: str, target: str
+    desc: ModelDescriptor,
+    shapes: list[tuple[int, int]],
+    source: Path,
+    sha256: str,
+    precision: str,
+    target: str,
 ) -> dict[str, str]:
     """User metadata for the package; `coreml.describe` reads `arch`, `scale` and `hyperparameters`."""
-    hp = {
-        "scale": arch.scale,
-        "in_ch": arch.in_ch,
-        "out_ch": arch.out_ch,
-        "num_feat": arch.num_feat,
-        "num_block": arch.num_block,
-        "num_grow_ch": arch.num_grow_ch,
-    }
     return {
-        "arch": arch.arch,
-        "scale": str(arch.scale),
-        "hyperparameters": json.dumps(hp, sort_keys=True),
+        "arch": desc.family,
+        "scale": str(desc.scale),
+        "hyperparameters": json.dumps(desc.health(), sort_keys=True),
         "tile_sizes": format_shapes(shapes),
         "shape_mode": "fixed" if len(shapes) == 1 else "enumerated",
         "precision": precision,
@@ -159,10 +153,10 @@ def convert_checkpoint(
     if precision not in PRECISIONS:
         raise UnsupportedRequest(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     shapes = shapes or [(DEFAULT_TILE, DEFAULT_TILE)]
-    net, arch = load_checkpoint(weights)
-    check_request(arch, shapes, target)
+    net, desc = load_checkpoint(weights)
+    check_request(desc, shapes, target)
     ct = import_coremltools()
-    c = arch.in_ch
+    c = desc.in_ch
     if len(shapes) == 1:
         in_shape: Any = (1, c, *shapes[0])
     else:
@@ -188,14 +182,14 @@ def convert_checkpoint(
             compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
             skip_model_load=True,  # loading is for prediction, which exists only on macOS
         )
-    metadata = package_metadata(arch, shapes, Path(weights), file_sha256(Path(weights)), precision, target)
+    metadata = package_metadata(desc, shapes, Path(weights), file_sha256(Path(weights)), precision, target)
     model.user_defined_metadata.update(metadata)
-    model.short_description = f"{arch.arch} x{arch.scale} super-resolution from {Path(weights).name}"
+    model.short_description = f"{desc.family} x{desc.scale} super-resolution from {Path(weights).name}"
     channels = "RGB" if c == 3 else "grayscale"
     model.input_description["input"] = f"{channels} image (1, {c}, H, W) float32 in 0..1"
-    model.output_description["output"] = f"upscaled image (1, {arch.out_ch}, H*{arch.scale}, W*{arch.scale})"
+    model.output_description["output"] = f"upscaled image (1, {desc.out_ch}, H*{desc.scale}, W*{desc.scale})"
     model.save(str(output))
-    return Conversion(output, net, arch, list(shapes), metadata)
+    return Conversion(output, net, desc, list(shapes), metadata)
 
 
 def sample_input(c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -213,9 +207,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_with_torch(
-    package: Path, net: Any, shapes: list[tuple[int, int]], compute_units: str = "ALL"
+    package: Path, net: Any, channels: int, shapes: list[tuple[int, int]], compute_units: str = "ALL"
 ) -> tuple[str, list[tuple[tuple[int, int], float]]]:
-    """Run the package and `net` (fp32) on `sample_input` at every shape: (runtime, [(shape, PSNR dB)]).
+    """Run the package and `net` (fp32, `channels` in) on `sample_input` at every shape:
+    (runtime, [(shape, PSNR dB)]).
     The runtime is "coreml" on macOS; elsewhere "reference" (mil_reference, not Core ML itself)."""
     import torch
 
@@ -233,7 +228,6 @@ def compare_with_torch(
         def predict(x: np.ndarray) -> np.ndarray:
             return run_program(function, x)
 
-    channels = net.conv_first.in_channels // net.unshuffle**2
     results = []
     for h, w in shapes:
         x = sample_input(channels, h, w)

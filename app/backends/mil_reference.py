@@ -1,10 +1,10 @@
-"""A reference executor for the ML programs that RRDBNet packages hold, in torch, for machines
-without Core ML's runtime (anything but macOS).
+"""A reference executor for the ML programs that RRDBNet and SRVGGNetCompact packages hold, in torch,
+for machines without Core ML's runtime (anything but macOS).
 
 It reads the saved package's program back (its MIL ops and weight blobs) and runs it op by op, rounding
 every fp16 value to fp16 as the package stores it. This checks what conversion wrote, on Linux; it is not
 Core ML's runtime, which accumulates in its own precision per device (the macOS check compares that).
-Only the op set RRDBNet converts to is known; any other op raises NotImplementedError.
+Only the op set those two families convert to is known; any other op raises NotImplementedError.
 
 torch and coremltools are imported inside functions only.
 """
@@ -111,6 +111,8 @@ _OPS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
         a["x"], int(a["downscale_factor"])
     ),
     "upsample_nearest_neighbor": _upsample,
+    "prelu": lambda torch, a: torch.nn.functional.prelu(a["x"], a["alpha"]),
+    "pixel_shuffle": lambda torch, a: torch.nn.functional.pixel_shuffle(a["x"], int(a["upscale_factor"])),
     "leaky_relu": lambda torch, a: torch.nn.functional.leaky_relu(a["x"], float(a["alpha"])),
     "relu": lambda torch, a: torch.relu(a["x"]),
     "add": lambda torch, a: a["x"] + _number(a["y"]),

@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,15 +16,16 @@ from app.backends.base import (
     BACKEND_UNAVAILABLE,
     LIBRARY_MISSING,
     WEIGHTS_MISSING,
-    Architecture,
     BackendStatus,
     ModelEntry,
+    one_line,
 )
-from app.backends.checkpoint import UnknownArchitecture, detect, normalize_state_dict
+from app.models.descriptor import ModelDescriptor
 
 log = logging.getLogger("app.backends.pytorch")
 
-SUFFIXES = (".pth", ".pt", ".safetensors")
+# In order of preference when one stem has several files: the safest format serves.
+SUFFIXES = (".safetensors", ".pth", ".pt", ".param")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -60,35 +59,49 @@ def pick_precision(device: str, requested: str, native_bf16: bool) -> str:
     return "bf16" if native_bf16 else "fp32"
 
 
-def default_tile(device: str, arch: Architecture, free_bytes: int | None) -> int:
-    """Tile side in input pixels.
+# Activation memory a CPU tile may take (float32 values): 768 MiB is what RRDBNet's measured best tiles
+# use (256 px for x4, whose head holds three num_feat maps at 16x the pixels; 512 px for x2).
+CPU_TILE_BYTES = 768 * 1024 * 1024
+CPU_TILES = (512, 384, 256, 192, 128)
+GPU_TILES = (1024, 768, 512, 384, 256, 192, 128)
+
+
+def default_tile(device: str, desc: ModelDescriptor, free_bytes: int | None) -> int:
+    """Tile side in input pixels; 0 (the whole image) for models whose descriptor discourages tiling
+    or tiles internally (the out-of-memory halving still applies).
 
     CPU: measured with scripts/bench.py, per-pixel speed stays flat from 128 px up while each tile's
-    context costs (1 + 2*pad/tile)^2, so tiles are as large as a bounded activation memory allows:
-    256 px for x4 (a 1152 px feature map at the head), 512 px for x2 / x1, whose trunk runs at half or
-    a quarter of the resolution. GPU: the largest tile whose activations fit a quarter of free memory.
+    context costs (1 + 2*pad/tile)^2, so tiles are as large as CPU_TILE_BYTES of activations allow,
+    up to 512 px. GPU: the largest tile whose fp16 activations fit a quarter of free memory.
     """
+    if desc.tiling != "supported":
+        return 0
+    per_px = max(1, desc.activations_per_pixel)
     if device == "cpu" or free_bytes is None:
-        return 256 if arch.scale == 4 else 512
-    # Per input pixel: about num_feat values at 16x the pixels (the x4 head) plus the dense blocks' concat.
-    per_px = 2 * (arch.num_feat * 16 * 3 + (arch.num_feat + 4 * arch.num_grow_ch) * 2) / arch.size_multiple**2
-    for tile in (1024, 768, 512, 384, 256, 192, 128):
-        if tile * tile * per_px < free_bytes / 4:
-            return tile
-    return 64
+        return next((t for t in CPU_TILES if t * t * per_px * 4 <= CPU_TILE_BYTES), CPU_TILES[-1])
+    return next((t for t in GPU_TILES if t * t * per_px * 2 < free_bytes / 4), 64)
+
+
+def effective_precision(device: str, precision: str, desc: ModelDescriptor) -> str:
+    """The backend's precision, lowered to fp32 where the model's descriptor says it is not safe."""
+    if precision == "fp16" and not desc.supports_half:
+        return "fp32"
+    if precision == "bf16" and not desc.supports_bfloat16:
+        return "fp32"
+    return precision
 
 
 class TorchRunner:
-    """Runs one RRDBNet on one device. Stateless per call: safe to share between requests."""
+    """Runs one model on one device. Stateless per call: safe to share between requests."""
 
     def __init__(
-        self, torch: Any, net: Any, arch: Architecture, device: str, precision: str, tile: int
+        self, torch: Any, net: Any, desc: ModelDescriptor, device: str, precision: str, tile: int
     ) -> None:
         self.torch = torch
         self.net = net
-        self.arch = arch
-        self.scale = arch.scale
-        self.size_multiple = arch.size_multiple
+        self.descriptor = desc
+        self.scale = desc.scale
+        self.size_multiple = desc.size_multiple
         self.device = device
         self.precision = precision
         self.default_tile = tile
@@ -96,10 +109,24 @@ class TorchRunner:
         # On CPU, bf16 runs under autocast (oneDNN bf16 convolutions); elsewhere the weights are cast.
         self.autocast = device == "cpu" and precision == "bf16"
 
+    def _pad(self, x: Any, h: int, w: int) -> Any:
+        """Pad (bottom / right) up to the model's size multiple, minimum and squareness."""
+        d = self.descriptor
+        th, tw = max(h, d.size_minimum), max(w, d.size_minimum)
+        if d.hyperparameters.get("square"):
+            th = tw = max(th, tw)
+        th, tw = -(-th // d.size_multiple) * d.size_multiple, -(-tw // d.size_multiple) * d.size_multiple
+        ph, pw = th - h, tw - w
+        if not (ph or pw):
+            return x
+        mode = "reflect" if h > ph and w > pw else "replicate"
+        return self.torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+
     def run(self, tile: np.ndarray) -> np.ndarray:
         """(h, w, C) uint8 / uint16 / float32 -> (h*s, w*s, C) float32, clamped to 0..1."""
         torch = self.torch
         h, w, c = tile.shape
+        in_ch, out_ch = self.descriptor.in_ch, self.descriptor.out_ch
         with torch.inference_mode():
             tile = np.ascontiguousarray(tile)
             # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
@@ -114,16 +141,11 @@ class TorchRunner:
             x = x.to(torch.float32 if self.autocast else self.dtype)
             if peak != 1.0:
                 x = x / peak
-            if c == 1 and self.arch.in_ch == 3:
+            if c == 1 and in_ch == 3:
                 x = x.expand(1, 3, h, w)
-            elif c == 3 and self.arch.in_ch == 1:
+            elif c == 3 and in_ch == 1:
                 x = x.permute(1, 0, 2, 3)  # three grayscale images in one batch
-            m = self.arch.size_multiple
-            ph, pw = (-h) % m, (-w) % m
-            if ph or pw:
-                mode = "reflect" if h > ph and w > pw else "replicate"
-                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = self._pad(x, h, w).contiguous(memory_format=torch.channels_last)
             try:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
                     y = self.net(x)
@@ -132,9 +154,9 @@ class TorchRunner:
                     torch.cuda.empty_cache()
                 raise
             y = y[:, :, : h * self.scale, : w * self.scale].float().clamp_(0.0, 1.0)
-            if c == 1 and self.arch.out_ch == 3:
+            if c == 1 and out_ch == 3:
                 y = y.mean(dim=1, keepdim=True)
-            elif c == 3 and self.arch.in_ch == 1:
+            elif c == 3 and in_ch == 1:
                 y = y.permute(1, 0, 2, 3)
             return y[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
@@ -180,71 +202,34 @@ class PyTorchBackend:
             self.name, self.reason is None, self.version, self.reason, self.device, self.precision
         )
 
-    def read_state_dict(self, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-        """Load tensors through a safe path only. Raises ValueError with the reason."""
-        torch = self.torch
-        if path.suffix == ".safetensors":
-            from safetensors import SafetensorError, safe_open
-            from safetensors.torch import load_file
-
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    meta = dict(f.metadata() or {})
-                return load_file(str(path)), meta
-            except SafetensorError as exc:
-                raise ValueError(f"not a readable safetensors file ({str(exc)[:200]})") from None
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            unsafe = [ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln]
-            if unsafe:
-                raise ValueError(
-                    f"refused: the checkpoint's pickle would run code ({unsafe[0][:200]}); "
-                    "it was not executed"
-                ) from None
-            detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
-            raise ValueError(f"not a readable PyTorch checkpoint ({detail[:200]})") from None
-        return obj, {}
-
     def load(self, entry: ModelEntry) -> None:
         if self.reason is not None:
             entry.reason, entry.fallback_reason = self.reason, self.fallback_reason
             return
         torch = self.torch
         try:
-            raw, entry.meta = self.read_state_dict(entry.file)
-            sd = normalize_state_dict(raw)
-            arch = detect(sd)
-            entry.arch = arch
-            from app.backends.rrdbnet import RRDBNet
+            from app.models.architectures import load_file
 
-            net = RRDBNet(
-                arch.in_ch, arch.out_ch, arch.scale, arch.num_feat, arch.num_block, arch.num_grow_ch
-            )
-            net.load_state_dict(sd, strict=True)
-        except (ValueError, UnknownArchitecture, RuntimeError, OSError, EOFError, KeyError) as exc:
-            entry.reason = _one_line(exc)
+            desc, net, entry.meta = load_file(entry.file)
+            entry.descriptor = desc
+        except (ValueError, RuntimeError, OSError, EOFError, KeyError) as exc:
+            entry.reason = one_line(exc)
             entry.fallback_reason = WEIGHTS_MISSING
             return
         assert self.device is not None and self.precision is not None
+        precision = effective_precision(self.device, self.precision, desc)
         try:
             net = net.eval().requires_grad_(False).to(self.device)
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-            if self.precision != "fp32" and self.device != "cpu":
-                net = net.to(getattr(torch, DTYPES[self.precision]))
+            if precision != "fp32" and self.device != "cpu":
+                net = net.to(getattr(torch, DTYPES[precision]))
             free = torch.cuda.mem_get_info()[0] if self.device == "cuda" else None
-            tile = self.tile if self.tile is not None else default_tile(self.device, arch, free)
-            runner = TorchRunner(torch, net, arch, self.device, self.precision, tile)
-            runner.run(np.zeros((16, 16, arch.in_ch), np.uint8))  # warm-up: one tiny real forward
+            tile = self.tile if self.tile is not None else default_tile(self.device, desc, free)
+            runner = TorchRunner(torch, net, desc, self.device, precision, tile)
+            side = max(16, desc.size_minimum)
+            runner.run(np.zeros((side, side, desc.in_ch), np.uint8))  # warm-up: one tiny real forward
         except Exception as exc:  # a model that cannot even run a 16x16 tile must not stop start-up
-            entry.reason = f"warm-up failed: {_one_line(exc)}"
+            entry.reason = f"warm-up failed: {one_line(exc)}"
             entry.fallback_reason = "model_error"
             return
         entry.runner = runner
-
-
-def _one_line(exc: BaseException) -> str:
-    """The exception as one line (multi-line messages such as load_state_dict's joined by '; ')."""
-    text = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
-    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__

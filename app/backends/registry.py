@@ -21,27 +21,49 @@ class Registry:
         self.models: list[ModelEntry] = []
 
     def scan(self, weights_dir: Path) -> None:
-        """Find and load every candidate in `weights_dir`. One bad file never raises."""
+        """Find and load every candidate in `weights_dir`. One bad file never raises.
+
+        One stem with several files of one backend (`x.safetensors` and `x.pth`) is one model: the
+        files are tried in the backend's order of preference (safest first) and the first that loads
+        serves; the others are listed with `duplicate_of` and never loaded.
+        """
         if not weights_dir.is_dir():
             log.warning("weights folder %s does not exist: serving LANCZOS only", weights_dir)
             return
         by_suffix = {s: b for b in self.backends.values() for s in b.suffixes}
+        groups: dict[tuple[str, str], list[Path]] = {}
         for path in sorted(weights_dir.iterdir()):
             backend = by_suffix.get(path.suffix.lower())
-            if backend is None or path.name.startswith("."):
-                continue
-            entry = ModelEntry(name=path.stem, backend=backend.name, file=path)
-            try:
-                backend.load(entry)
-            except Exception as exc:  # a backend bug on one file must not stop start-up either
-                entry.reason, entry.fallback_reason = f"{type(exc).__name__}: {exc}", WEIGHTS_MISSING
-            if entry.available:
-                log.info(
-                    "model %s (%s, x%s) ready from %s", entry.name, entry.backend, entry.scale, path.name
-                )
-            else:
-                log.warning("model %s (%s) unavailable: %s", entry.name, entry.backend, entry.reason)
-            self.models.append(entry)
+            if backend is not None and not path.name.startswith("."):
+                groups.setdefault((backend.name, path.stem), []).append(path)
+        for (backend_name, stem), paths in groups.items():
+            backend = self.backends[backend_name]
+            paths.sort(key=lambda p: backend.suffixes.index(p.suffix.lower()))
+            served: Path | None = None
+            for path in paths:
+                entry = ModelEntry(name=stem, backend=backend_name, file=path)
+                if served is not None:
+                    entry.duplicate_of = served.name
+                    entry.reason = f"duplicate: {served.name} serves the name {stem} (one stem is one model)"
+                    log.warning("model %s: %s is not loaded: %s", stem, path.name, entry.reason)
+                else:
+                    self._load(backend, entry)
+                    if entry.available:
+                        served = path
+                self.models.append(entry)
+
+    @staticmethod
+    def _load(backend: Backend, entry: ModelEntry) -> None:
+        try:
+            backend.load(entry)
+        except Exception as exc:  # a backend bug on one file must not stop start-up either
+            entry.reason, entry.fallback_reason = f"{type(exc).__name__}: {exc}", WEIGHTS_MISSING
+        if entry.available:
+            log.info(
+                "model %s (%s, x%s) ready from %s", entry.name, entry.backend, entry.scale, entry.file.name
+            )
+        else:
+            log.warning("model %s (%s) unavailable: %s", entry.name, entry.backend, entry.reason)
 
     def names(self) -> list[str]:
         return sorted({m.name for m in self.models})

@@ -19,18 +19,23 @@ async def health(state: StateDep) -> Health:
     models = []
     for m in registry.models:
         serving = registry.serving(m.name) is m
+        desc = m.descriptor
         models.append(
             ModelHealth(
                 name=m.name,
                 backend=m.backend,
                 file=m.file.name,
-                arch=m.arch.arch if m.arch else m.meta.get("arch"),
+                arch=desc.family if desc else m.meta.get("arch"),
                 scale=m.scale,
                 available=m.available,
                 reason=m.reason,
                 fallback_reason=m.fallback_reason,
                 serving=serving,
                 tile=getattr(m.runner, "default_tile", None),
+                precision=getattr(m.runner, "precision", None),
+                source=desc.source if desc else None,
+                hyperparameters=dict(desc.health()) if desc else {},
+                duplicate_of=m.duplicate_of,
                 meta=m.meta,
             )
         )
