@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,coreml
 
-.PHONY: install run test lint typecheck pytest bench evaluate clean
+# The spandrel extra's tests run in an environment of their own: spandrel imports torchvision, and
+# PyPI's torchvision wheels load only beside the torch build they were made for.
+SPANDREL_VENV ?= .venv-spandrel
+SPANDREL_TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test lint typecheck pytest test-spandrel bench evaluate clean
 
 install: $(VENV)/.installed-$(EXTRAS)
 
@@ -32,6 +37,16 @@ pytest: install
 
 test: lint typecheck pytest
 
+$(SPANDREL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SPANDREL_VENV)
+	$(SPANDREL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SPANDREL_VENV)/bin/python -m pip install -q $(SPANDREL_TORCH)
+	$(SPANDREL_VENV)/bin/python -m pip install -q -e ".[dev,spandrel]"
+	touch $@
+
+test-spandrel: $(SPANDREL_VENV)/.installed
+	UPSCALER_TEST_REQUIRE_SPANDREL=1 $(SPANDREL_VENV)/bin/python -m pytest -q -m spandrel
+
 bench: install
 	$(BIN)/python scripts/bench.py
 
@@ -39,4 +54,4 @@ evaluate: install
 	$(BIN)/python scripts/evaluate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SPANDREL_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -20,7 +20,7 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
-from app.models.descriptor import ModelDescriptor
+from app.models.descriptor import ModelDescriptor, UnknownArchitecture
 
 log = logging.getLogger("app.backends.pytorch")
 
@@ -212,6 +212,9 @@ class PyTorchBackend:
 
             desc, net, entry.meta = load_file(entry.file)
             entry.descriptor = desc
+        except UnknownArchitecture as exc:  # its message says what the keys look like
+            entry.reason, entry.fallback_reason = str(exc), WEIGHTS_MISSING
+            return
         except (ValueError, RuntimeError, OSError, EOFError, KeyError) as exc:
             entry.reason = one_line(exc)
             entry.fallback_reason = WEIGHTS_MISSING

@@ -9,6 +9,7 @@ requirements, tiling preference and precision support are carried over into ours
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,11 @@ def load(sd: Mapping[str, Any]) -> tuple[ModelDescriptor, Any]:
     Raises UnknownArchitecture (not recognised, or not an image-to-image model) and ImportError."""
     spandrel = importlib.import_module("spandrel")
     try:
-        model = spandrel.ModelLoader(device="cpu").load_from_state_dict(dict(sd))
+        with warnings.catch_warnings():
+            # Some architectures (SwinIR, HAT) call torch.meshgrid without `indexing` while they are
+            # built; torch warns of a future change that does not affect them.
+            warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
+            model = spandrel.ModelLoader(device="cpu").load_from_state_dict(dict(sd))
     except spandrel.UnsupportedModelError:
         raise UnknownArchitecture(f"spandrel {spandrel.__version__} does not recognise it either") from None
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
