@@ -1,7 +1,9 @@
-"""create_app(settings) builds the ASGI app; its lifespan loads the backends and models once, and at
-shutdown drains: new work is refused while the work in flight gets UPSCALER_SHUTDOWN_GRACE_S to finish.
+"""create_app(settings, backends=None) builds the ASGI app from its settings, in one place (backends,
+registry, service, metrics, CORS); its lifespan loads the models once, and at shutdown drains: new work
+is refused while the work in flight gets UPSCALER_SHUTDOWN_GRACE_S to finish.
 
-`app` below reads no environment and loads nothing at import: the lifespan does, at start-up.
+`app.main:app` (for `uvicorn app.main:app`) is built when it is first asked for, not at import: the
+environment is read then, and importing this module loads nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import AppState
-from app.api.routes import generate, health, metrics, upscale
+from app.api.routes import generate, health, upscale
+from app.api.routes import metrics as metrics_route
+from app.api.uploads import UploadLimit
 from app.backends.base import Backend
 from app.backends.coreml import CoreMLBackend
 from app.backends.pytorch import PyTorchBackend
@@ -27,19 +33,30 @@ from app.config import Settings, load_settings
 from app.errors import UpscalerError, error_body, status_of
 from app.memory import MIB
 from app.metrics import Metrics
-from app.middleware import REQUEST_ID_HEADER, ObservabilityMiddleware, SettingsCORS
+from app.middleware import (
+    EXPOSED_HEADERS,
+    REQUEST_ID_HEADER,
+    ObservabilityMiddleware,
+    Outcome,
+    record_outcome,
+)
 from app.scheduler import DeviceQueue, wait_idle
 from app.service import UpscaleService
+from app.state import AppState
 
 log = logging.getLogger("app")
 
 
-def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
-    """Backends and an empty registry; cheap (torch is imported here when present, nothing loads)."""
-    backends: dict[str, Backend] = {
-        "pytorch": PyTorchBackend(settings.device, settings.precision, settings.tile, settings.threads),
-        "coreml": CoreMLBackend(settings.coreml_compute_units, settings.tile_pad),
-    }
+def build_state(
+    settings: Settings, metrics: Metrics | None = None, backends: dict[str, Backend] | None = None
+) -> AppState:
+    """Backends and an empty registry; cheap (torch is imported here when present, nothing loads).
+    `backends` replaces the PyTorch and Core ML backends (tests, embedders)."""
+    if backends is None:
+        backends = {
+            "pytorch": PyTorchBackend(settings.device, settings.precision, settings.tile, settings.threads),
+            "coreml": CoreMLBackend(settings.coreml_compute_units, settings.tile_pad),
+        }
     registry = Registry(backends.values())
     queues: dict[str, DeviceQueue] = {}
     service = UpscaleService(
@@ -82,14 +99,24 @@ async def drain(state: AppState) -> None:
         queue.shutdown()
 
 
-def create_app(settings: Settings | None = None, *, background_load: bool = True) -> FastAPI:
-    """The app. Settings are read at start-up when not given. With `background_load`, start-up returns
-    at once and /health says "starting" until the models are loaded (probes answer meanwhile)."""
+def create_app(
+    settings: Settings | None = None,
+    backends: dict[str, Backend] | None = None,
+    *,
+    background_load: bool = True,
+) -> FastAPI:
+    """The app, built from `settings` (None: read from the environment now). With `background_load`,
+    start-up returns at once and /health says "starting" until the models are loaded (probes answer
+    meanwhile)."""
+    settings = settings or load_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings or load_settings(), app.state.metrics)
+        # A fresh state per run of the lifespan: a drained one has stopped its device threads.
+        state = build_state(settings, metrics, backends)
         app.state.upscaler = state
+        metrics.watch(state)
         # Models load and warm up on the thread that will run them: OpenMP keeps a thread team per
         # calling thread, and a second team's idle spinning slowed inference by a quarter on 2 cores.
         executor = state.service.queue_for(state.inference_device()).executor
@@ -110,19 +137,43 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
     app = FastAPI(
         title="Upscaler",
         version="0.1.0",
-        summary="RRDBNet (ESRGAN / Real-ESRGAN) and Core ML upscaling with an honest LANCZOS fallback",
+        summary="Super-resolution (ESRGAN / Real-ESRGAN families, spandrel's zoo, ncnn files, Core ML) "
+        "with an honest LANCZOS fallback",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     app.include_router(health.router, tags=["health"])
     app.include_router(upscale.router, tags=["upscale"])
     app.include_router(generate.router, tags=["generate"])
-    app.include_router(metrics.router, tags=["metrics"])
+    app.include_router(metrics_route.router, tags=["metrics"])
     install_error_handlers(app)
-    # Per app, never the process-wide registry: several apps in one process must not clash.
-    app.state.metrics = Metrics(lambda: getattr(app.state, "upscaler", None))
-    app.add_middleware(SettingsCORS)
-    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: sees every answer
     return app
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's generated document, less the url-encoded body it lists for every form model: the
+    upload endpoints take multipart (and raw images, or JSON), which their openapi_extra declare."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                content = operation.get("requestBody", {}).get("content", {})
+                if "multipart/form-data" in content:
+                    content.pop("application/x-www-form-urlencoded", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -130,7 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UpscalerError)
     async def on_upscaler_error(request: Request, exc: UpscalerError) -> JSONResponse:
-        request.state.error = exc.type  # for the access log
+        record_outcome(request, Outcome(error=exc.type))
         return JSONResponse(
             error_body(exc.type, exc.message), status_code=status_of(exc), headers=exc.headers
         )
@@ -139,13 +190,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ())) or "request"
-        request.state.error = "validation_error"
+        record_outcome(request, Outcome(error="validation_error"))
         return JSONResponse(error_body("validation_error", f"{where}: {first.get('msg')}"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        request.state.error = kind
+        record_outcome(request, Outcome(error=kind))
         return JSONResponse(
             error_body(kind, str(exc.detail)),
             status_code=exc.status_code,
@@ -164,4 +215,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """`app.main:app`, built from the environment on first use (PEP 562), cached for later lookups."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = create_app()
+    globals()["app"] = built
+    return built

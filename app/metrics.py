@@ -7,7 +7,7 @@ already knows (fallbacks, queues, models) is read from it at scrape time, so the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
@@ -26,7 +26,7 @@ from app.backends.base import (
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from app.api.deps import AppState
+    from app.state import AppState
 
 OTHER_ROUTE = "other"  # the route label of requests no route matched (404s): never the raw URL
 FALLBACK_REASONS = (
@@ -43,9 +43,10 @@ INFERENCE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
 
 
 class Metrics:
-    """The app's metrics. `state` returns the AppState once the lifespan built it (else None)."""
+    """The app's metrics: request and inference events as they happen, and (after `watch`) what the
+    app state knows, read at scrape time."""
 
-    def __init__(self, state: Callable[[], AppState | None]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "upscaler_requests",
@@ -67,8 +68,16 @@ class Metrics:
             buckets=INFERENCE_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(StateCollector(state))
         ProcessCollector(registry=self.registry)
+        self._state_collector: StateCollector | None = None
+
+    def watch(self, state: AppState) -> None:
+        """Expose `state` (readiness, queues, models, fallbacks, budget) at every scrape, instead of
+        the state watched before (a restarted lifespan builds a new one)."""
+        if self._state_collector is not None:
+            self.registry.unregister(self._state_collector)
+        self._state_collector = StateCollector(state)
+        self.registry.register(self._state_collector)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -86,22 +95,20 @@ class Metrics:
 class StateCollector(Collector):
     """Reads the app state at scrape time."""
 
-    def __init__(self, state: Callable[[], AppState | None]) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     def describe(self) -> list[Metric]:
         return []  # unknown until collected: the registry must not call collect() at registration
 
     def collect(self) -> Iterator[Metric]:
-        state = self.state()
+        state = self.state
         ready = GaugeMetricFamily("upscaler_ready", "1 once start-up loading is done")
         draining = GaugeMetricFamily("upscaler_draining", "1 while shutting down (new work is refused)")
-        ready.add_metric([], 1.0 if state is not None and state.ready else 0.0)
-        draining.add_metric([], 1.0 if state is not None and state.draining else 0.0)
+        ready.add_metric([], 1.0 if state.ready else 0.0)
+        draining.add_metric([], 1.0 if state.draining else 0.0)
         yield ready
         yield draining
-        if state is None:
-            return
         service = state.service
         fallbacks = CounterMetricFamily(
             "upscaler_fallbacks",

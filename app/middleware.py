@@ -1,7 +1,7 @@
-"""Pure ASGI middlewares: request ids, one JSON access-log line and request metrics per request, and CORS
-configured from the settings the lifespan loaded.
+"""Pure ASGI middleware: request ids, one JSON access-log line and request metrics per request.
 
-Routes tell the access log what they did by setting `request.state` fields (see `note_result`).
+Routes (and the error handlers) tell the access log what a request did with one `Outcome`, recorded
+once per request (`record_outcome`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,8 +25,6 @@ access_log = logging.getLogger("app.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# request.state fields a route may set; each becomes a field of the access-log line (None when unset).
-RESULT_FIELDS = ("input_size", "output_size", "upscaler", "backend", "fallback_reason", "error")
 # Response headers a browser page may read: the result's description and what a retry needs.
 EXPOSED_HEADERS = [
     "X-Upscaler",
@@ -48,21 +46,20 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def note_result(
-    request: Request,
-    *,
-    upscaler: str | None,
-    backend: str | None,
-    fallback_reason: str | None,
-    input_size: tuple[int, int] | list[int],
-    output_size: tuple[int, int] | list[int],
-) -> None:
-    """Record what a request's upscale did, for its access-log line."""
-    request.state.upscaler = upscaler
-    request.state.backend = backend
-    request.state.fallback_reason = fallback_reason
-    request.state.input_size = "{}x{}".format(*input_size)
-    request.state.output_size = "{}x{}".format(*output_size)
+@dataclass(frozen=True)
+class Outcome:
+    """What a request did, for its access-log line: the upscale's result, or the error type."""
+
+    input_size: str | None = None
+    output_size: str | None = None
+    upscaler: str | None = None
+    backend: str | None = None
+    fallback_reason: str | None = None
+    error: str | None = None
+
+
+def record_outcome(request: Request, outcome: Outcome) -> None:
+    request.state.outcome = outcome
 
 
 def route_label(scope: Scope) -> str:
@@ -113,34 +110,7 @@ class ObservabilityMiddleware:
                 "path": scope["path"],
                 "route": route,
                 "status": final,
-                **{k: fields.get(k) for k in RESULT_FIELDS},
+                **asdict(fields.get("outcome") or Outcome()),
                 "ms": round(elapsed * 1000, 1),
             }
             access_log.info(json.dumps(line, separators=(",", ":")), extra={"access": line})
-
-
-class SettingsCORS:
-    """Starlette's CORSMiddleware with the origins of UPSCALER_CORS_ORIGINS; without any, a pass-through
-    that adds no CORS header. Built on the first request, because settings are read at start-up (the
-    middleware stack is fixed before)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._cors: tuple[object, ASGIApp] | None = None  # (the settings it was built for, the middleware)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = getattr(scope["app"].state, "upscaler", None) if scope["type"] == "http" else None
-        if state is None or not state.settings.cors_origin_list:
-            await self.app(scope, receive, send)
-            return
-        if self._cors is None or self._cors[0] is not state.settings:
-            cors = CORSMiddleware(
-                self.app,
-                allow_origins=state.settings.cors_origin_list,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
-                expose_headers=EXPOSED_HEADERS,
-                max_age=600,
-            )
-            self._cors = (state.settings, cors)
-        await self._cors[1](scope, receive, send)

@@ -1,26 +1,59 @@
-"""Pydantic models of the public JSON: request options, /generate, /health."""
+"""Pydantic models of the public API: /upscale's options (query and form models), /generate, /health.
+
+FastAPI builds the OpenAPI document from these. Types are checked here (422); ranges and combinations
+in the sizing and the service (400 invalid_parameter), so a documented bound is a 400, not a 422.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+# How OpenAPI 3 spells a file part of a multipart body.
+BINARY = {"type": "string", "format": "binary"}
 
 
-class UpscaleParams(BaseModel):
-    """/upscale options, from form fields or query parameters. Types are checked here (422);
-    ranges and meaning in the service (400 invalid_parameter)."""
+class UpscaleOptions(BaseModel):
+    """/upscale options: query parameters with a raw image body, or form fields beside the `image` part."""
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    model: str = "auto"
-    use_realesrgan: bool = True
-    fallback: bool = True
-    format: str | None = None
-    quality: int | None = None
+    # A form field or query parameter is either sent or absent, never null: the schemas say so.
+    scale: Annotated[
+        float | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 1, "maximum": 8})
+    ] = Field(
+        None, description="upscale factor, 1 < scale <= 8 (default: the chosen model's scale, 2 when none)"
+    )
+    width: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 1})] = Field(
+        None, description="output width (with height unset: keeps the aspect)"
+    )
+    height: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 1})] = Field(
+        None, description="output height (with width unset: keeps the aspect)"
+    )
+    model: str = Field("auto", description="a model name (see /health), `lanczos` or `auto`")
+    use_realesrgan: bool = Field(True, description="false: LANCZOS")
+    fallback: bool = Field(True, description="false: answer 503 with the reason instead of falling back")
+    format: Annotated[
+        str | None, WithJsonSchema({"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]})
+    ] = Field(None, description="output format (default: the input's when PNG, JPEG or WebP, else PNG)")
+    quality: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 100})] = Field(
+        None, description="JPEG / WebP quality"
+    )
+
+
+class UpscaleForm(UpscaleOptions):
+    """multipart/form-data: the image in part `image`, options as fields. File parts under other names
+    are ignored; unknown text fields are refused (422), as the schema says."""
+
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"required": ["image"], "additionalProperties": False}
+    )
+
+    image: Annotated[UploadFile | None, WithJsonSchema(BINARY)] = Field(
+        None, description="the image (PNG, JPEG, WebP, BMP, TIFF or GIF)"
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -39,6 +72,25 @@ class GenerateRequest(BaseModel):
     fallback: bool = True
     prompt: str | None = None
     seed: int | None = None
+
+
+class GenerateForm(BaseModel):
+    """/generate as multipart/form-data: image file part(s) named `image` and the same fields."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["image"]})
+
+    image: Annotated[list[UploadFile], WithJsonSchema({"type": "array", "items": BINARY, "minItems": 1})] = (
+        Field(default_factory=list, description="first-pass image(s)")
+    )
+    hires_fix: bool = True
+    use_realesrgan: bool = True
+    hr_scale: float = 2.0
+    hr_resize_x: int = Field(0, ge=0)
+    hr_resize_y: int = Field(0, ge=0)
+    hr_upscaler: str = "auto"
+    fallback: bool = True
+    prompt: Annotated[str | None, WithJsonSchema({"type": "string"})] = None
+    seed: Annotated[int | None, WithJsonSchema({"type": "integer"})] = None
 
 
 class GenerateInfo(BaseModel):

@@ -1,7 +1,9 @@
-"""upscale(): decode -> choose -> run (tiled, off the event loop) -> encode.
+"""The upscale pipeline: plan (probe once, choose once, size, check memory) -> decode -> run -> finish
+-> encode -> result.
 
-Everything a request owns lives in locals and the returned result; the service object holds only
-what start-up built (settings, registry, device queues) and counters.
+The core takes a `Job` (what to upscale and how), never an API schema; every path yields one `Picture`
+until encode. Everything a request owns lives in locals and the returned result; the service object
+holds only what start-up built (settings, registry, device queues) and counters.
 """
 
 from __future__ import annotations
@@ -12,42 +14,57 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from app import imaging
-from app.backends.base import MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
+from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
 from app.config import Settings
 from app.engine import run_model
 from app.errors import ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnavailable, OutOfMemory
 from app.fallback import LANCZOS, Choice, choose
+from app.imaging.decode import DecodedImage, Header, decode, probe
+from app.imaging.encode import MEDIA_TYPES, encode, output_format
+from app.imaging.pixels import Picture, compose, resize_array, to_unit_float
 from app.memory import MIB, budget_bytes, estimate_bytes
 from app.scheduler import DeviceQueue
-from app.schemas import UpscaleParams
+from app.sizing import ScaleTo, Sizing, Target, target_for
 
 log = logging.getLogger("app.service")
 
 InferenceHook = Callable[[str, str, float], None]
 """Called on the device thread after each model run: (model name, backend, seconds)."""
 
-MAX_SCALE = 8.0
+NATIVE_PROBE_FACTOR = 2.0  # the factor a request that names no size is chosen for
 
 
 @dataclass(frozen=True)
-class Target:
-    """The output size and how it relates to the input: `factor` is the larger per-axis ratio."""
+class Job:
+    """One image to upscale. `model`: a name, `lanczos` or `auto`; `fallback=False` answers 503 instead
+    of falling back; `format` (png / jpeg / webp, None: the input's) and `quality` (1..100) shape the
+    output. `header` is the probe's result when the caller already has it."""
 
-    width: int
-    height: int
-    factor: float
-    crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) after a cover-resize
+    data: bytes
+    sizing: Sizing = field(default_factory=ScaleTo)
+    model: str = "auto"
+    use_realesrgan: bool = True
+    fallback: bool = True
+    format: str | None = None
+    quality: int | None = None
+    header: Header | None = None
 
 
-# A request's options are the API's own validated model: one definition of the fields.
-Options = UpscaleParams
+@dataclass(frozen=True)
+class Plan:
+    """What was decided before a pixel is decoded."""
+
+    header: Header
+    target: Target
+    out_format: str
+    choice: Choice
+    memory_bytes: int
 
 
 @dataclass(frozen=True)
@@ -60,27 +77,6 @@ class Result:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     elapsed_ms: float
-
-
-def target_size(w: int, h: int, scale: float | None, width: int | None, height: int | None) -> Target:
-    """Output size from a scale or from width / height (one of them keeps the aspect ratio).
-    Raises InvalidParameter for a size or scale outside (0, 8x]."""
-    if width is not None or height is not None:
-        if scale is not None:
-            raise InvalidParameter("give either scale or width/height, not both")
-        if (width is not None and width < 1) or (height is not None and height < 1):
-            raise InvalidParameter("width and height must be positive")
-        tw = width if width is not None else max(1, round(w * height / h))  # type: ignore[operator]
-        th = height if height is not None else max(1, round(h * width / w))  # type: ignore[operator]
-    else:
-        s = 2.0 if scale is None else scale
-        if not 1.0 < s <= MAX_SCALE:
-            raise InvalidParameter(f"scale must be greater than 1 and at most {MAX_SCALE:g}, not {s:g}")
-        tw, th = max(1, round(w * s)), max(1, round(h * s))
-    factor = max(tw / w, th / h)
-    if factor > MAX_SCALE:
-        raise InvalidParameter(f"{tw}x{th} is more than {MAX_SCALE:g}x the {w}x{h} input")
-    return Target(tw, th, factor)
 
 
 class UpscaleService:
@@ -108,12 +104,12 @@ class UpscaleService:
         return self.queues[device]
 
     # -- choosing ---------------------------------------------------------------------------------
-    def choose(self, opts: Options, factor: float) -> Choice:
-        if factor <= 1.0 and (opts.model or "auto").lower() == "auto":
+    def choose(self, job: Job, factor: float) -> Choice:
+        if factor <= 1.0 and (job.model or "auto").lower() == "auto":
             # Nothing to enlarge (a /generate at hr_scale 1, a width below the input's): a model pass
             # would only be resized away again.
             return Choice(None, None, "no enlargement: LANCZOS resize only")
-        return choose(self.registry, opts.model, opts.use_realesrgan, factor, self.settings.default_model)
+        return choose(self.registry, job.model, job.use_realesrgan, factor, self.settings.default_model)
 
     def default_model(self) -> str | None:
         entry = choose(self.registry, "auto", True, 2.0, self.settings.default_model).entry
@@ -150,90 +146,82 @@ class UpscaleService:
         return need
 
     # -- the pipeline -----------------------------------------------------------------------------
+    def plan(self, job: Job) -> Plan:
+        """Probe the header (once), choose the model (once), size the output and check the memory
+        budget, all before a pixel is decoded. Raises UpscalerError subclasses."""
+        s = self.settings
+        if job.quality is not None and not 1 <= job.quality <= 100:
+            raise InvalidParameter(f"quality must be 1..100, not {job.quality}")
+        header = job.header or probe(job.data, s.max_input_pixels)
+        w, h = header.width, header.height
+        if isinstance(job.sizing, ScaleTo) and job.sizing.wants_native:
+            choice = self.choose(job, NATIVE_PROBE_FACTOR)
+            target = target_for(job.sizing, w, h, choice.entry.scale if choice.entry else None)
+        else:
+            target = target_for(job.sizing, w, h)
+            choice = self.choose(job, target.factor)
+        if target.width * target.height > s.max_output_pixels:
+            raise ImageTooLarge(
+                f"output {target.width}x{target.height} is over the limit of {s.max_output_pixels} pixels"
+            )
+        out_format = output_format(job.format, header.format)
+        if choice.entry is None and choice.reason not in (None, DISABLED_BY_REQUEST) and not job.fallback:
+            raise NeuralUnavailable(f"no neural model can serve: {choice.detail}", choice.reason or "")
+        need = self.check_memory(w, h, target, choice.entry)
+        return Plan(header, target, out_format, choice, need)
+
     async def upscale(
-        self,
-        data: bytes,
-        opts: Options,
-        *,
-        target: Target | None = None,
-        fmt: str | None = None,
-        deadline: float | None = None,
-        cancel: threading.Event | None = None,
+        self, job: Job, *, deadline: float | None = None, cancel: threading.Event | None = None
     ) -> Result:
         """Raises UpscalerError subclasses for anything the client must hear about, and Cancelled when
         `cancel` (set when the client disconnects) is set before or during the model's work."""
         t0 = time.perf_counter()
         deadline = deadline or (time.monotonic() + self.settings.request_timeout_s)
-        header = imaging.probe(data, self.settings.max_input_pixels)
-        w, h = header.width, header.height
-        if target is None:
-            wanted = opts.scale
-            if wanted is None and opts.width is None and opts.height is None:
-                # No size asked for: the chosen model's native scale (2 when LANCZOS serves).
-                pre = self.choose(opts, 2.0)
-                native = pre.entry.scale if pre.entry else None
-                wanted = float(native) if native and native > 1 else 2.0
-            target = target_size(w, h, wanted, opts.width, opts.height)
-        if target.width * target.height > self.settings.max_output_pixels:
-            raise ImageTooLarge(
-                f"output {target.width}x{target.height} is over the limit of "
-                f"{self.settings.max_output_pixels} pixels"
-            )
-        out_fmt = imaging.output_format(fmt or opts.format, header.format)
-        choice = self.choose(opts, target.factor)
-        if (
-            choice.entry is None
-            and choice.reason
-            and choice.reason != "disabled_by_request"
-            and not opts.fallback
-        ):
-            raise NeuralUnavailable(f"no neural model can serve: {choice.detail}", choice.reason)
-        self.check_memory(w, h, target, choice.entry)
-
-        decoded = await asyncio.to_thread(imaging.decode, data, self.settings.max_input_pixels)
-        picture, used, reason = None, choice.entry, choice.reason
-        model_name = choice.entry.name if choice.entry else (opts.model or "auto")
+        plan = self.plan(job)
+        decoded = await asyncio.to_thread(decode, plan.header)
+        choice, picture = plan.choice, None
         if choice.entry is not None:
             try:
-                picture = await self._neural(decoded, choice.entry, target, deadline, cancel)
+                picture = await self._neural(decoded, choice.entry, plan.target, deadline, cancel)
             except (OutOfMemory, ModelFailed) as exc:
                 reason = OUT_OF_MEMORY if isinstance(exc, OutOfMemory) else MODEL_ERROR
-                if not opts.fallback:
+                if not job.fallback:
                     raise NeuralUnavailable(f"model {choice.entry.name} failed: {exc}", reason) from None
-                used = None
+                self.record_fallback(choice.entry.name, reason, str(exc))
                 choice = Choice(None, reason, str(exc))
-        if reason:
-            self.record_fallback(model_name, reason, choice.detail)
+        elif choice.reason:
+            self.record_fallback(job.model or "auto", choice.reason, choice.detail)
         if picture is None:
-            picture = await asyncio.to_thread(self._lanczos, decoded, target)
+            picture = await asyncio.to_thread(self._lanczos, decoded, plan.target)
         encoded = await asyncio.to_thread(
-            imaging.encode,
+            encode,
             picture,
-            out_fmt,
-            quality=opts.quality,
+            plan.out_format,
+            quality=job.quality,
             png_level=self.settings.png_compress_level,
             icc_profile=decoded.icc_profile,
             text=decoded.text,
         )
+        used = choice.entry
         return Result(
             data=encoded,
-            media_type=imaging.MEDIA_TYPES[out_fmt],
+            media_type=MEDIA_TYPES[plan.out_format],
             upscaler=used.name if used else LANCZOS,
             backend=used.backend if used else "pillow",
-            fallback_reason=reason,
-            input_size=(w, h),
-            output_size=_crop_size(target),
+            fallback_reason=choice.reason,
+            input_size=(plan.header.width, plan.header.height),
+            output_size=plan.target.output_size,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0,
         )
 
     async def _neural(
         self,
-        decoded: imaging.DecodedImage,
+        decoded: DecodedImage,
         entry: ModelEntry,
         target: Target,
         deadline: float,
         cancel: threading.Event | None = None,
-    ) -> Image.Image | np.ndarray:
+    ) -> Picture:
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
         upscaled = await self.queue_for(device).run(
             lambda flag: self._passes(decoded.pixels, entry, target, flag),
@@ -263,39 +251,22 @@ class UpscaleService:
         return out
 
     @staticmethod
-    def _finish(x: np.ndarray, decoded: imaging.DecodedImage, target: Target) -> Image.Image | np.ndarray:
+    def _finish(x: np.ndarray, decoded: DecodedImage, target: Target) -> Picture:
         size = (target.width, target.height)
         if (x.shape[1], x.shape[0]) != size:
-            x = imaging.resize_array(x, size)
+            x = resize_array(x, size)
         alpha = None
         if decoded.alpha is not None:
-            alpha = imaging.resize_array(imaging.to_unit_float(decoded.alpha), size)
-        picture = imaging.compose(x, alpha, decoded.bit_depth)
-        return _crop(picture, target)
+            alpha = resize_array(to_unit_float(decoded.alpha), size)
+        return compose(x, alpha, decoded.bit_depth).crop(target.crop)
 
     @staticmethod
-    def _lanczos(decoded: imaging.DecodedImage, target: Target) -> Image.Image | np.ndarray:
+    def _lanczos(decoded: DecodedImage, target: Target) -> Picture:
         size = (target.width, target.height)
         if decoded.image is not None:
-            return _crop(decoded.image.resize(size, Image.Resampling.LANCZOS), target)
-        color = imaging.resize_array(imaging.to_unit_float(decoded.pixels), size)
+            return Picture.from_pil(decoded.image.resize(size, Image.Resampling.LANCZOS)).crop(target.crop)
+        color = resize_array(to_unit_float(decoded.pixels), size)
         alpha = None
         if decoded.alpha is not None:
-            alpha = imaging.resize_array(imaging.to_unit_float(decoded.alpha), size)
-        return _crop(imaging.compose(color, alpha, decoded.bit_depth), target)
-
-
-def _crop(picture: Image.Image | np.ndarray, target: Target) -> Image.Image | np.ndarray:
-    if target.crop is None:
-        return picture
-    left, top, right, bottom = target.crop
-    if isinstance(picture, np.ndarray):
-        return picture[top:bottom, left:right]
-    return picture.crop(target.crop)
-
-
-def _crop_size(target: Target) -> tuple[int, int]:
-    if target.crop is None:
-        return target.width, target.height
-    left, top, right, bottom = target.crop
-    return right - left, bottom - top
+            alpha = resize_array(to_unit_float(decoded.alpha), size)
+        return compose(color, alpha, decoded.bit_depth).crop(target.crop)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from app.backends.base import ModelEntry  # noqa: E402
 from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.engine import run_model  # noqa: E402
-from app.imaging import quantize  # noqa: E402
+from app.imaging.pixels import quantize  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402

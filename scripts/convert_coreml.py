@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.backends.coreml import CoreMLRunner  # noqa: E402
-from app.backends.coreml_convert import (  # noqa: E402
+from scripts.coreml_convert import (  # noqa: E402
     DEFAULT_TILE,
     PRECISIONS,
     TARGETS,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime, results = compare_with_torch(done.output, done.net, a.in_ch, done.shapes, args.compute_units)
     if runtime != "coreml":
         print("check: Core ML predicts only on macOS; comparing the package's program run by the reference")
-        print("       executor (app/backends/mil_reference.py) instead, which is not Core ML's runtime")
+        print("       executor (scripts/mil_reference.py) instead, which is not Core ML's runtime")
     print(f"{'shape':>11}  {'PSNR vs torch (dB)':>18}  [{runtime}]")
     for (h, w), db in results:
         print(f"{h:>5}x{w:<5}  {db:18.2f}")

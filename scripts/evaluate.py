@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 from app.backends.base import ModelEntry  # noqa: E402
 from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.engine import run_model  # noqa: E402
-from app.imaging import quantize  # noqa: E402
-from app.quality import bicubic_lr, modcrop, psnr_y, ssim_y  # noqa: E402
+from app.imaging.pixels import quantize  # noqa: E402
+from scripts.quality import bicubic_lr, modcrop, psnr_y, ssim_y  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 SETS = ("Set5", "Set14")

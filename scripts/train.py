@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.models.rrdbnet import RRDBNet  # noqa: E402
-from app.quality import bicubic_lr, modcrop, psnr_y  # noqa: E402
+from scripts.quality import bicubic_lr, modcrop, psnr_y  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 

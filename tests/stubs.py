@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from app.backends.base import ModelEntry
-from app.imaging import to_unit_float
+from app.imaging.pixels import to_unit_float
 
 
 class StubRunner:

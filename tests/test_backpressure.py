@@ -17,7 +17,7 @@ from app.backends.registry import Registry
 from app.config import load_settings
 from app.errors import Cancelled
 from app.scheduler import DeviceQueue, wait_idle
-from app.service import Options, UpscaleService
+from app.service import Job, UpscaleService
 from tests.conftest import ClientFactory, gradient_image, png_bytes
 from tests.stubs import StubRunner, add_stub
 
@@ -103,9 +103,9 @@ def test_service_upscale_with_cancel_set_never_calls_the_runner(tmp_path: Path) 
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        asyncio.run(service.upscale(PNG, Options(), cancel=cancel))
+        asyncio.run(service.upscale(Job(PNG), cancel=cancel))
     assert runner.calls == 0
-    assert asyncio.run(service.upscale(PNG, Options())).upscaler == "stub" and runner.calls == 1
+    assert asyncio.run(service.upscale(Job(PNG))).upscaler == "stub" and runner.calls == 1
     for queue in service.queues.values():
         queue.shutdown()
 

@@ -23,12 +23,12 @@ from app.backends.coreml import (
     import_coremltools,
     package_shapes,
 )
-from app.backends.coreml_convert import psnr
 from app.backends.pytorch import TorchRunner
 from app.engine import run_model
 from app.models import rrdbnet
 from app.models.descriptor import ModelDescriptor
 from app.models.rrdbnet import RRDBNet
+from scripts.quality import psnr_unit as psnr
 from tests.conftest import (
     ClientFactory,
     arch_tuple,

@@ -18,18 +18,18 @@ import torch
 
 from app.backends.base import ModelEntry
 from app.backends.coreml import OFF_MACOS, CoreMLBackend, import_coremltools
-from app.backends.coreml_convert import (
+from app.backends.pytorch import TorchRunner
+from app.engine import run_model
+from scripts.coreml_convert import (
     UnsupportedRequest,
     compare_with_torch,
     convert_checkpoint,
     file_sha256,
     load_checkpoint,
     parse_shapes,
-    psnr,
 )
-from app.backends.mil_reference import load_program, run_program
-from app.backends.pytorch import TorchRunner
-from app.engine import run_model
+from scripts.mil_reference import load_program, run_program
+from scripts.quality import psnr_unit as psnr
 from tests.conftest import ROOT, ClientFactory, arch_tuple, tiny_state_dict, write_checkpoint
 from tests.test_coreml import textured
 

@@ -25,10 +25,9 @@ from PIL import Image
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from app.api.routes.upscale import OPTION_SCHEMAS
 from app.config import load_settings
 from app.main import create_app
-from app.schemas import UpscaleParams
+from app.schemas import UpscaleOptions
 from tests.conftest import decode_response, gradient_image, tiny_state_dict, write_checkpoint
 
 
@@ -103,7 +102,10 @@ def test_api_conforms_to_its_openapi_schema(case: schemathesis.Case, served_app:
 
 
 def test_openapi_upscale_options_match_the_params_model() -> None:
-    assert set(OPTION_SCHEMAS) == set(UpscaleParams.model_fields)
+    operation = create_app().openapi()["paths"]["/upscale"]["post"]
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == set(
+        UpscaleOptions.model_fields
+    )
 
 
 # -- hypothesis: sizes, modes and formats through POST /upscale ---------------------------------------

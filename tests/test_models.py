@@ -19,7 +19,7 @@ from app.models.architectures import describe, load
 from app.models.checkpoint import unwrap
 from app.models.compact import SRVGGNetCompact
 from app.models.descriptor import ModelDescriptor, UnknownArchitecture
-from app.quality import psnr
+from scripts.quality import psnr_unit
 from tests.conftest import ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
 
 
@@ -100,7 +100,7 @@ def test_compact_tiled_equals_whole_image(tmp_path: Path) -> None:
     img = np.asarray(gradient_image(90, 70), dtype=np.float32) / 255.0
     tiled = run_model(img, entry.runner, 2.0, tile=32, pad=8)
     whole = run_model(img, entry.runner, 2.0, tile=0)
-    assert psnr(tiled, whole) > 45
+    assert psnr_unit(tiled, whole) > 45
 
 
 def test_compact_bf16_on_cpu_stays_close_to_fp32(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_compact_bf16_on_cpu_stays_close_to_fp32(tmp_path: Path) -> None:
     entry = load_entry(path, precision="bf16")
     assert entry.runner is not None and getattr(entry.runner, "precision", None) == "bf16"
     img = np.asarray(gradient_image(40, 30), dtype=np.float32) / 255.0
-    assert psnr(entry.runner.run(img), forward(net, img)) > 35
+    assert psnr_unit(entry.runner.run(img), forward(net, img)) > 35
 
 
 def test_compact_grayscale_model_runs_colour_images_per_plane(tmp_path: Path) -> None:

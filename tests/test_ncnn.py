@@ -16,7 +16,7 @@ from app.backends.pytorch import PyTorchBackend
 from app.models import ncnn
 from app.models.architectures import load_file
 from app.models.descriptor import UnknownArchitecture
-from app.quality import psnr
+from scripts.quality import psnr_unit
 from tests.conftest import ClientFactory, decode_response, png_bytes
 from tests.support.ncnn import (
     ANIME_6B,
@@ -108,13 +108,13 @@ def test_ncnn_served_over_http_matches_the_fp32_reference(
     served = np.asarray(decode_response(resp.content), dtype=np.float32) / 255.0
     reference = ncnn_forward(d / f"{ANIMEVIDEO_V3}.param", exact.transpose(2, 0, 1)).transpose(1, 2, 0)
     assert served.shape == (192, 256, 3)
-    assert psnr(served, np.clip(reference, 0, 1)) >= 35.0
+    assert psnr_unit(served, np.clip(reference, 0, 1)) >= 35.0
 
     resp = client.post("/upscale", files={"image": ("b.png", data, "image/png")}, data={"model": X4PLUS})
     assert resp.status_code == 200 and resp.headers["x-upscaler"] == X4PLUS
     served = np.asarray(decode_response(resp.content), dtype=np.float32) / 255.0
     _, net, _ = load_file(d / f"{X4PLUS}.param")
-    assert psnr(served, forward(net, exact)) >= 40.0
+    assert psnr_unit(served, forward(net, exact)) >= 40.0
 
 
 @pytest.mark.parametrize("fp16", [False, True])
@@ -200,7 +200,7 @@ def test_ncnn_pair_beside_a_safetensors_of_one_stem_is_a_duplicate(
 @pytest.mark.slow
 def test_ncnn_pair_converts_to_core_ml(tmp_path: Path) -> None:
     pytest.importorskip("coremltools")
-    from app.backends.coreml_convert import compare_with_torch, convert_checkpoint
+    from scripts.coreml_convert import compare_with_torch, convert_checkpoint
 
     param = write_compact(compact_net(scale=2, num_feat=8, num_conv=2), tmp_path, "syn")
     done = convert_checkpoint(param, tmp_path / "syn.mlpackage", [(32, 32)], precision="fp32")

@@ -11,8 +11,8 @@ from PIL import Image
 from app.backends.base import ModelEntry
 from app.backends.pytorch import PyTorchBackend
 from app.engine import run_model
-from app.imaging import quantize
-from app.quality import bicubic_lr, modcrop, psnr, psnr_y
+from app.imaging.pixels import quantize
+from scripts.quality import bicubic_lr, modcrop, psnr, psnr_y
 from tests.conftest import ROOT
 
 SHIPPED = sorted((ROOT / "weights").glob("*.safetensors"))

@@ -37,7 +37,7 @@ from app.backends.base import ModelEntry  # noqa: E402
 from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.models.architectures import load  # noqa: E402
 from app.models.descriptor import UnknownArchitecture  # noqa: E402
-from app.quality import psnr  # noqa: E402
+from scripts.quality import psnr_unit  # noqa: E402
 from tests.conftest import ClientFactory, decode_response, gradient_image, png_bytes  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def test_spandrel_models_serve_like_spandrel_runs_them(
     assert resp.status_code == 200, resp.text
     assert (resp.headers["x-upscaler"], resp.headers["x-output-size"]) == (name, f"{37 * scale}x{29 * scale}")
     served = np.asarray(decode_response(resp.content), dtype=np.float32) / 255.0
-    assert psnr(served, spandrel_reference(sd, img)) >= 40.0
+    assert psnr_unit(served, spandrel_reference(sd, img)) >= 40.0
 
 
 def test_spandrel_never_unpickles_code(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from app.errors import Cancelled, OutOfMemory
-from app.quality import psnr
 from app.tiling import _ramp, _spans, upscale_tiled
+from scripts.quality import psnr
 from tests.conftest import tiny_state_dict
 
 

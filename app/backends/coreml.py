@@ -31,7 +31,7 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
-from app.imaging import to_unit_float
+from app.imaging.pixels import to_unit_float
 from app.models.descriptor import UNSHUFFLE_BY_SCALE, ModelDescriptor
 from app.tiling import upscale_tiled
 

@@ -1,48 +1,30 @@
-"""POST /generate: the upscale step of a two-pass hires fix (A1111 API field names)."""
+"""POST /generate: the upscale step of a two-pass hires fix (A1111 API field names), as JSON or multipart."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from starlette.datastructures import UploadFile
+from fastapi import APIRouter, Depends, Form, Request
+from pydantic import ValidationError
 
-from app.api.deps import (
-    StateDep,
-    cancel_on_disconnect,
-    parse_multipart,
-    read_body,
-    require_api_key,
-    validate_model,
-)
-from app.errors import InvalidImage, InvalidParameter, UnsupportedMediaType, ValidationFailed
-from app.imaging import probe
-from app.middleware import note_result
-from app.schemas import GenerateRequest, GenerateResponse, error_responses
-from app.service import MAX_SCALE, Options, Target
+from app.api.deps import StateDep, require_api_key
+from app.api.disconnect import cancel_on_disconnect
+from app.api.uploads import media_type
+from app.errors import InvalidImage, UnsupportedMediaType, ValidationFailed
+from app.imaging.decode import probe
+from app.middleware import Outcome, record_outcome
+from app.schemas import GenerateForm, GenerateRequest, GenerateResponse, error_responses
+from app.service import Job, Result
+from app.sizing import HiresFix
 
 router = APIRouter()
 
-LATENT_GRID = 8
-
-# The body is read by hand (JSON or multipart), so FastAPI cannot infer it: declared here.
-_FORM_FIELDS: dict[str, dict[str, object]] = {
-    "image": {"type": "string", "format": "binary"},
-    "hires_fix": {"type": "boolean", "default": True},
-    "use_realesrgan": {"type": "boolean", "default": True},
-    "hr_scale": {"type": "number", "default": 2.0},
-    "hr_resize_x": {"type": "integer", "minimum": 0, "default": 0},
-    "hr_resize_y": {"type": "integer", "minimum": 0, "default": 0},
-    "hr_upscaler": {"type": "string", "default": "auto"},
-    "fallback": {"type": "boolean", "default": True},
-    "prompt": {"type": "string"},
-    "seed": {"type": "integer"},
-}
+# FastAPI describes a form model as url-encoded: this endpoint takes JSON (GenerateRequest) or
+# multipart (GenerateForm), both generated from their models; at least one image is required.
 _OPENAPI = {
     "requestBody": {
         "required": True,
@@ -50,49 +32,16 @@ _OPENAPI = {
             "application/json": {
                 "schema": {
                     **GenerateRequest.model_json_schema(),
-                    # At least one image: a prompt-only request is answered 422.
                     "anyOf": [
                         {"required": ["image"], "properties": {"image": {"type": "string", "minLength": 1}}},
                         {"required": ["images"], "properties": {"images": {"type": "array", "minItems": 1}}},
                     ],
                 }
             },
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}
-            },
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/GenerateForm"}},
         },
     }
 }
-
-
-def round_to_grid(v: float) -> int:
-    """Nearest multiple of 8 (the SD latent grid; halves round up), at least 8."""
-    return max(LATENT_GRID, math.floor(v / LATENT_GRID + 0.5) * LATENT_GRID)
-
-
-def hires_target(w: int, h: int, req: GenerateRequest) -> Target:
-    """Second-pass size as A1111 computes it: hr_scale, or hr_resize_x/y (one keeps the aspect; both
-    upscale to cover and centre-crop). Sizes are rounded to the latent grid."""
-    rx, ry = req.hr_resize_x, req.hr_resize_y
-    crop = None
-    if rx == 0 and ry == 0:
-        if not 1.0 <= req.hr_scale <= MAX_SCALE:
-            raise InvalidParameter(f"hr_scale must be 1..{MAX_SCALE:g}, not {req.hr_scale:g}")
-        tw, th = round_to_grid(w * req.hr_scale), round_to_grid(h * req.hr_scale)
-    elif ry == 0:
-        tw, th = round_to_grid(rx), round_to_grid(rx * h / w)
-    elif rx == 0:
-        tw, th = round_to_grid(ry * w / h), round_to_grid(ry)
-    else:
-        fw, fh = round_to_grid(rx), round_to_grid(ry)
-        s = max(fw / w, fh / h)
-        tw, th = max(fw, round(w * s)), max(fh, round(h * s))
-        left, top = (tw - fw) // 2, (th - fh) // 2
-        crop = (left, top, left + fw, top + fh)
-    factor = max(tw / w, th / h)
-    if factor > MAX_SCALE:
-        raise InvalidParameter(f"second pass {tw}x{th} is more than {MAX_SCALE:g}x the {w}x{h} image")
-    return Target(tw, th, factor, crop)
 
 
 def decode_b64(text: str, index: int) -> bytes:
@@ -104,31 +53,39 @@ def decode_b64(text: str, index: int) -> bytes:
         raise InvalidImage(f"images[{index}] is not valid base64") from None
 
 
-async def _read_request(request: Request, limit: int) -> tuple[GenerateRequest, list[bytes]]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, limit)
+def validation_failed(exc: ValidationError) -> ValidationFailed:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return ValidationFailed(f"{where[:100]}: {err['msg']}")
+
+
+async def read_request(request: Request, form: GenerateForm) -> tuple[GenerateRequest, list[bytes]]:
+    """The request's fields and image bytes, from JSON (base64 images) or multipart (file parts).
+    Raises UnsupportedMediaType, ValidationFailed (422) and InvalidImage."""
+    ctype = media_type(request)
     if ctype == "multipart/form-data":
-        form = await parse_multipart(request.headers, body)
-        try:
-            files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
-            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-            req = validate_model(GenerateRequest, fields)
-            images = [await f.read() for f in files]
-        finally:
-            await form.close()
+        fields = form.model_dump(exclude={"image"}, exclude_unset=True) | dict(form.model_extra or {})
+        images = []
+        for upload in form.image:
+            images.append(await upload.read())
+            await upload.close()
+        payload: Any = {k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool))}
     elif ctype in ("application/json", ""):
         try:
-            payload = json.loads(body)
+            payload = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValidationFailed(f"body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ValidationFailed("body must be a JSON object")
-        req = validate_model(GenerateRequest, payload)
         images = []
     else:
         raise UnsupportedMediaType(
-            f"Content-Type {ctype} is not accepted: send application/json or multipart"
+            f"Content-Type {ctype[:100]} is not accepted: send application/json or multipart"
         )
+    try:
+        req = GenerateRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
     texts = ([req.image] if req.image else []) + list(req.images or [])
     images += [decode_b64(t, i) for i, t in enumerate(texts)]
     if not images:
@@ -139,6 +96,16 @@ async def _read_request(request: Request, limit: int) -> tuple[GenerateRequest, 
     return req, images
 
 
+def image_info(result: Result) -> dict[str, Any]:
+    return {
+        "upscaler": result.upscaler,
+        "backend": result.backend,
+        "fallback_reason": result.fallback_reason,
+        "input_size": list(result.input_size),
+        "output_size": list(result.output_size),
+    }
+
+
 @router.post(
     "/generate",
     dependencies=[Depends(require_api_key)],
@@ -146,20 +113,22 @@ async def _read_request(request: Request, limit: int) -> tuple[GenerateRequest, 
     openapi_extra=_OPENAPI,
     responses=error_responses(400, 401, 413, 415, 422, 503, 504),
 )
-async def generate(request: Request, state: StateDep) -> GenerateResponse:
+async def generate(
+    request: Request, state: StateDep, form: Annotated[GenerateForm, Form()]
+) -> GenerateResponse:
     state.require_ready()
     t0 = time.perf_counter()
     settings = state.settings
-    req, images = await _read_request(request, settings.max_upload_bytes)
+    req, images = await read_request(request, form)
     deadline = time.monotonic() + settings.request_timeout_s
     out: list[str] = []
     per_image: list[dict[str, Any]] = []
     async with cancel_on_disconnect(request) as cancel:
         for data in images:
-            header = probe(data, settings.max_input_pixels)
             if not req.hires_fix:
-                out.append(base64.b64encode(data).decode())
+                header = probe(data, settings.max_input_pixels)
                 size = [header.width, header.height]
+                out.append(base64.b64encode(data).decode())
                 per_image.append(
                     {
                         "upscaler": None,
@@ -170,25 +139,30 @@ async def generate(request: Request, state: StateDep) -> GenerateResponse:
                     }
                 )
                 continue
-            opts = Options(model=req.hr_upscaler, use_realesrgan=req.use_realesrgan, fallback=req.fallback)
-            target = hires_target(header.width, header.height, req)
-            result = await state.service.upscale(
-                data, opts, target=target, fmt="png", deadline=deadline, cancel=cancel
+            job = Job(
+                data,
+                HiresFix(req.hr_scale, req.hr_resize_x, req.hr_resize_y),
+                model=req.hr_upscaler,
+                use_realesrgan=req.use_realesrgan,
+                fallback=req.fallback,
+                format="png",
             )
+            result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
             out.append(base64.b64encode(result.data).decode())
-            per_image.append(
-                {
-                    "upscaler": result.upscaler,
-                    "backend": result.backend,
-                    "fallback_reason": result.fallback_reason,
-                    "input_size": list(result.input_size),
-                    "output_size": list(result.output_size),
-                }
-            )
-    note_result(request, **per_image[0])
-    echoed: dict[str, Any] = dict(req.model_extra or {})
+            per_image.append(image_info(result))
+    first = per_image[0]
+    record_outcome(
+        request,
+        Outcome(
+            input_size="{}x{}".format(*first["input_size"]),
+            output_size="{}x{}".format(*first["output_size"]),
+            upscaler=first["upscaler"],
+            backend=first["backend"],
+            fallback_reason=first["fallback_reason"],
+        ),
+    )
     info: dict[str, Any] = {
-        **echoed,
+        **dict(req.model_extra or {}),
         **per_image[0],
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1),
         "hires_fix": req.hires_fix,

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
-from starlette.datastructures import UploadFile
+from typing import Annotated
 
-from app.api.deps import (
-    StateDep,
-    cancel_on_disconnect,
-    parse_multipart,
-    read_body,
-    require_api_key,
-    validate_model,
-)
-from app.errors import InvalidImage, InvalidParameter, UnsupportedMediaType
-from app.middleware import note_result
-from app.schemas import UpscaleParams, error_responses
-from app.service import Options, Result
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+
+from app.api.deps import StateDep, require_api_key
+from app.api.disconnect import cancel_on_disconnect
+from app.api.uploads import media_type, upload_bytes
+from app.errors import UnsupportedMediaType, ValidationFailed
+from app.middleware import Outcome, record_outcome
+from app.schemas import UpscaleForm, UpscaleOptions, error_responses
+from app.service import Job, Result
+from app.sizing import ScaleTo
 
 router = APIRouter()
 
-RAW_TYPES = {
+RAW_TYPES = (
     "image/png",
     "image/jpeg",
     "image/jpg",
@@ -29,22 +26,8 @@ RAW_TYPES = {
     "image/tiff",
     "image/gif",
     "application/octet-stream",
-}
-
-# What each option accepts as a client sends it (a form field, or a query parameter with a raw body).
-# UpscaleParams checks the types (422); the service checks ranges and combinations (400).
-OPTION_SCHEMAS: dict[str, dict[str, object]] = {
-    "scale": {"type": "number", "exclusiveMinimum": 1, "maximum": 8},
-    "width": {"type": "integer", "minimum": 1},
-    "height": {"type": "integer", "minimum": 1},
-    "model": {"type": "string", "default": "auto", "description": "a model name, `lanczos` or `auto`"},
-    "use_realesrgan": {"type": "boolean", "default": True},
-    "fallback": {"type": "boolean", "default": True},
-    "format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
-    "quality": {"type": "integer", "minimum": 1, "maximum": 100},
-}
-
-_RESULT_HEADERS = {
+)
+RESULT_HEADERS = {
     "X-Upscaler": "the model name, or `lanczos`",
     "X-Upscale-Backend": "`pytorch`, `coreml` or `pillow`",
     "X-Input-Size": "`WxH`",
@@ -52,23 +35,14 @@ _RESULT_HEADERS = {
     "X-Processing-Ms": "milliseconds spent on the request",
     "X-Fallback-Reason": "only on a fallback to LANCZOS: why",
 }
-
+# FastAPI describes a form model as url-encoded; this endpoint takes multipart (its schema is the
+# generated UpscaleForm) or the raw image, and answers with image bytes and the result headers.
 _OPENAPI = {
-    "parameters": [
-        {"name": k, "in": "query", "required": False, "schema": v} for k, v in OPTION_SCHEMAS.items()
-    ],
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}, **OPTION_SCHEMAS},
-                    "additionalProperties": False,  # an unknown field is refused (422)
-                }
-            },
-            **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_TYPES)},
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/UpscaleForm"}},
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES},
         },
     },
     "responses": {
@@ -81,7 +55,7 @@ _OPENAPI = {
                     "required": name != "X-Fallback-Reason",
                     "schema": {"type": "string"},
                 }
-                for name, text in _RESULT_HEADERS.items()
+                for name, text in RESULT_HEADERS.items()
             },
         }
     },
@@ -101,11 +75,57 @@ def result_headers(result: Result) -> dict[str, str]:
     return headers
 
 
-def to_options(params: UpscaleParams) -> Options:
-    """Range checks the schema leaves to the service (400 invalid_parameter, not 422)."""
-    if params.quality is not None and not 1 <= params.quality <= 100:
-        raise InvalidParameter(f"quality must be 1..100, not {params.quality}")
-    return params
+def outcome_of(result: Result) -> Outcome:
+    return Outcome(
+        input_size="{}x{}".format(*result.input_size),
+        output_size="{}x{}".format(*result.output_size),
+        upscaler=result.upscaler,
+        backend=result.backend,
+        fallback_reason=result.fallback_reason,
+    )
+
+
+def job_from(data: bytes, options: UpscaleOptions) -> Job:
+    return Job(
+        data,
+        ScaleTo(options.scale, options.width, options.height),
+        model=options.model,
+        use_realesrgan=options.use_realesrgan,
+        fallback=options.fallback,
+        format=options.format,
+        quality=options.quality,
+    )
+
+
+def check_media_type(request: Request) -> str:
+    """The request's media type, when /upscale takes it. Raises UnsupportedMediaType."""
+    ctype = media_type(request)
+    if ctype != "multipart/form-data" and ctype not in RAW_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype[:100] or '(none)'} is not accepted: post multipart/form-data with an "
+            "'image' part (curl -F image=@in.png) or the raw image with Content-Type image/png, "
+            "image/jpeg or image/webp"
+        )
+    return ctype
+
+
+async def read_upload(
+    request: Request, ctype: str, query: UpscaleOptions, form: UpscaleForm
+) -> tuple[bytes, UpscaleOptions]:
+    """The image bytes and the options (form fields over query parameters). Raises InvalidImage (no
+    `image` part) and ValidationFailed (an unknown text field)."""
+    if ctype == "multipart/form-data":
+        unknown = [k for k, v in (form.model_extra or {}).items() if isinstance(v, str)]
+        if unknown:
+            raise ValidationFailed(f"{unknown[0][:100]}: Extra inputs are not permitted")
+        data = await upload_bytes(form.image)
+        fields = {
+            **query.model_dump(exclude_unset=True),
+            **form.model_dump(exclude_unset=True, exclude={"image"}),
+        }
+        fields = {k: v for k, v in fields.items() if k in UpscaleOptions.model_fields}
+        return data, UpscaleOptions.model_validate(fields)
+    return await request.body(), query
 
 
 @router.post(
@@ -115,38 +135,16 @@ def to_options(params: UpscaleParams) -> Options:
     responses=error_responses(400, 401, 413, 415, 422, 503, 504),
     response_class=Response,
 )
-async def upscale(request: Request, state: StateDep) -> Response:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "multipart/form-data" and ctype not in RAW_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {ctype or '(none)'} is not accepted: post multipart/form-data with an 'image' "
-            "part (curl -F image=@in.png) or the raw image with Content-Type image/png, image/jpeg "
-            "or image/webp"
-        )
+async def upscale(
+    request: Request,
+    state: StateDep,
+    query: Annotated[UpscaleOptions, Query()],
+    form: Annotated[UpscaleForm, Form()],
+) -> Response:
+    ctype = check_media_type(request)
     state.require_ready()
-    body = await read_body(request, state.settings.max_upload_bytes)
-    fields: dict[str, str] = dict(request.query_params)
-    if ctype == "multipart/form-data":
-        form = await parse_multipart(request.headers, body)
-        try:
-            image = form.get("image")
-            if not isinstance(image, UploadFile):
-                raise InvalidImage("multipart body has no file part named 'image'")
-            data = await image.read()
-            fields.update({k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)})
-        finally:
-            await form.close()
-    else:
-        data = body
-    options = to_options(validate_model(UpscaleParams, fields))
+    data, options = await read_upload(request, ctype, query, form)
     async with cancel_on_disconnect(request) as cancel:
-        result = await state.service.upscale(data, options, cancel=cancel)
-    note_result(
-        request,
-        upscaler=result.upscaler,
-        backend=result.backend,
-        fallback_reason=result.fallback_reason,
-        input_size=result.input_size,
-        output_size=result.output_size,
-    )
+        result = await state.service.upscale(job_from(data, options), cancel=cancel)
+    record_outcome(request, outcome_of(result))
     return Response(result.data, media_type=result.media_type, headers=result_headers(result))

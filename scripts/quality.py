@@ -1,4 +1,5 @@
-"""Image-quality measures of the SR literature: PSNR and SSIM on the Y channel (ITU-R BT.601).
+"""Image-quality measures of the SR literature: PSNR and SSIM on the Y channel (ITU-R BT.601), and the
+one PSNR helper the scripts and tests compare renderings with.
 
 Inputs are uint8 RGB (H, W, 3) or L (H, W) arrays of the same shape; `shave` pixels are cut from
 every border before comparing, as the usual protocol does for a scale-`shave` upscale.
@@ -37,6 +38,11 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """Plain PSNR over all channels (dB), for comparing two renderings of the same image."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
+
+
+def psnr_unit(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two float arrays in 0..1 (clipped first, as outputs are); inf when equal."""
+    return psnr(np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0), peak=1.0)
 
 
 def _gaussian_filter(img: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:

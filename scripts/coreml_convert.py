@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.models.descriptor import ModelDescriptor
+from scripts.quality import psnr_unit
 
 TARGETS = ("macOS12", "macOS13", "macOS14", "macOS15", "macOS26")
 PRECISIONS = ("fp16", "fp32")
@@ -200,12 +201,6 @@ def sample_input(c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.stack(planes) + noise, 0.0, 1.0).astype(np.float32)[None]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two arrays in 0..1 (clipped first); inf when equal."""
-    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
-
-
 def compare_with_torch(
     package: Path, net: Any, channels: int, shapes: list[tuple[int, int]], compute_units: str = "ALL"
 ) -> tuple[str, list[tuple[tuple[int, int], float]]]:
@@ -220,7 +215,7 @@ def compare_with_torch(
         predict, _ = open_package(package, compute_units)
         runtime = "coreml"
     else:
-        from app.backends.mil_reference import load_program, run_program
+        from scripts.mil_reference import load_program, run_program
 
         function = load_program(package)
         runtime = "reference"
@@ -233,5 +228,5 @@ def compare_with_torch(
         x = sample_input(channels, h, w)
         with torch.inference_mode():
             expected = net(torch.from_numpy(x)).numpy()
-        results.append(((h, w), psnr(np.asarray(predict(x), np.float32), expected)))
+        results.append(((h, w), psnr_unit(np.asarray(predict(x), np.float32), expected)))
     return runtime, results

@@ -1,4 +1,4 @@
-"""Decode and validate uploads, resize arrays, encode outputs.
+"""Read uploads: probe the header once, then decode the pixels from what the probe opened.
 
 Limits are checked from the header before any pixel is decoded. A decoded image keeps what the output
 must carry: alpha, grayscale, 16-bit depth (`I;16` grayscale through Pillow; 16-bit colour, 16-bit gray
@@ -16,23 +16,19 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from app import png16
-from app.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from app.imaging import png16
 
 # Pixel limits are the service's own (checked from the header in probe); Pillow's decompression-bomb
 # guard would only duplicate them, and a per-call warnings filter is not thread-safe.
 Image.MAX_IMAGE_PIXELS = None
 
 INPUT_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
-OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-_GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I"}
+GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I"}
 # Pillow calls a JPEG that carries an MPF index (most phone and camera photos) "MPO"; it is still a JPEG.
-_FORMAT_ALIASES = {"MPO": "JPEG"}
-# The largest side each encoder can write; PNG's limit is far beyond any allowed output.
-_MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
+FORMAT_ALIASES = {"MPO": "JPEG"}
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -44,18 +40,21 @@ _TRANSPOSE = {
 }
 _XMP_ORIENTATION = re.compile(r'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>')
 _XMP_KEY = "XML:com.adobe.xmp"
-_PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 
 
 @dataclass(frozen=True)
 class Header:
     """What probe() read: the format (PNG, JPEG, WEBP, BMP, TIFF or GIF) and the size as displayed,
-    i.e. after EXIF orientation (width and height swap for orientations 5..8)."""
+    i.e. after EXIF orientation (width and height swap for orientations 5..8). `decode` reads the
+    pixels through the image the probe opened, so the header is parsed once."""
 
     format: str
     width: int
     height: int
+    orientation: int = 1
+    data: bytes = field(default=b"", repr=False, compare=False)
+    opened: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -112,7 +111,7 @@ def probe(data: bytes, max_pixels: int) -> Header:
     if not data:
         raise InvalidImage("the request has no image data")
     img = _open(data)
-    fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
+    fmt = FORMAT_ALIASES.get(img.format or "", img.format or "")
     if fmt not in INPUT_FORMATS:
         raise UnsupportedMediaType(f"image format {fmt or 'unknown'} is not supported; use PNG, JPEG or WebP")
     w, h = img.size
@@ -120,9 +119,10 @@ def probe(data: bytes, max_pixels: int) -> Header:
         raise InvalidImage(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageTooLarge(f"input is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-    if _orientation(img) >= 5:
+    orientation = _orientation(img)
+    if orientation >= 5:
         w, h = h, w
-    return Header(fmt, w, h)
+    return Header(fmt, w, h, orientation, data, img)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -152,17 +152,17 @@ def _png_text(img: Image.Image, orientation: int) -> dict[str, str]:
     return text
 
 
-def decode(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode, orient and normalise an upload. Raises InvalidImage / UnsupportedMediaType / ImageTooLarge."""
-    header = probe(data, max_pixels)
-    img = _open(data)
+def decode(header: Header) -> DecodedImage:
+    """Decode, orient and normalise the image `header` was probed from (the same opened file, parsed
+    once). Raises InvalidImage / UnsupportedMediaType."""
+    img = header.opened if header.opened is not None else _open(header.data)
+    orientation = header.orientation
     try:
-        orientation = _orientation(img)
         img.load()
         icc = img.info.get("icc_profile")
         text = _png_text(img, orientation) if header.format == "PNG" else {}
-        if png16.needs_pypng(data, img):
-            color, alpha = png16.read(data)
+        if png16.needs_pypng(header.data, img):
+            color, alpha = png16.read(header.data)
             color = _orient(color, orientation)
             alpha = _orient(alpha, orientation) if alpha is not None else None
             return DecodedImage(color, alpha, 16, header.format, None, icc, text)
@@ -190,7 +190,7 @@ def _working_mode(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, byt
         return img.convert("LA" if mode == "L" else "RGBA"), icc
     if mode in ("RGB", "RGBA", "L", "LA", "I;16"):
         return img, icc
-    if mode in _GRAY16_MODES:
+    if mode in GRAY16_MODES:
         arr = np.clip(np.asarray(img, dtype=np.int64), 0, 65535).astype(np.uint16)
         return Image.fromarray(arr), icc
     if mode == "1":
@@ -207,145 +207,3 @@ def _working_mode(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, byt
     if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
         return img.convert("RGB"), icc
     raise UnsupportedMediaType(f"image mode {mode} is not supported")
-
-
-def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """LANCZOS-resize a float32 (H, W, C) or (H, W) array to `size` = (W, H), channel by channel.
-    Values are not clipped: LANCZOS may overshoot the input range a little (quantize() clips)."""
-    if arr.ndim == 2:
-        return np.asarray(
-            Image.fromarray(arr.astype(np.float32, copy=False), "F").resize(size, Image.Resampling.LANCZOS)
-        )
-    out = np.empty((size[1], size[0], arr.shape[2]), np.float32)
-    for c in range(arr.shape[2]):
-        plane = Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32), "F")
-        out[..., c] = np.asarray(plane.resize(size, Image.Resampling.LANCZOS))
-    return out
-
-
-def to_unit_float(arr: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 -> float32 in 0..1 (float input is returned as float32)."""
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) * (1.0 / 255.0)
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) * (1.0 / 65535.0)
-    return arr.astype(np.float32, copy=False)
-
-
-def quantize(arr: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float (any shape, about 0..1) -> uint8 or uint16, rounded to nearest and clipped.
-
-    Works in float32 whatever comes in: float16 cannot even hold 65535. NaN (a model that overflowed)
-    becomes 0 instead of an undefined cast.
-    """
-    peak, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
-    out = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    np.clip(out, 0.0, 1.0, out=out)
-    out *= peak
-    out += 0.5
-    return out.astype(dtype)
-
-
-def compose(color: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> Image.Image | np.ndarray:
-    """Build the output picture from float arrays: `color` (H, W, 1|3), `alpha` (H, W) or None, about 0..1.
-
-    Returns a Pillow image (L, LA, RGB, RGBA, or I;16 for 16-bit gray without alpha), or a uint16
-    (H, W, 2|3|4) array for what Pillow cannot hold: 16-bit gray + alpha and 16-bit colour.
-    """
-    q = quantize(color, bit_depth)
-    a = quantize(alpha, bit_depth) if alpha is not None else None
-    if bit_depth == 16:
-        if q.shape[2] == 1 and a is None:
-            return Image.fromarray(q[..., 0])  # I;16
-        return np.dstack([q, a]) if a is not None else q
-    if q.shape[2] == 1:
-        return Image.fromarray(np.dstack([q, a]), "LA") if a is not None else Image.fromarray(q[..., 0], "L")
-    return Image.fromarray(np.dstack([q, a]), "RGBA") if a is not None else Image.fromarray(q, "RGB")
-
-
-def output_format(requested: str | None, source_format: str) -> str:
-    """The Pillow format name to encode to. Raises InvalidParameter for an unknown `format`."""
-    if requested:
-        key = requested.strip().lower()
-        if key not in OUTPUT_FORMATS:
-            raise InvalidParameter(f"format must be png, jpeg or webp, not {requested!r}")
-        return OUTPUT_FORMATS[key]
-    source_format = _FORMAT_ALIASES.get(source_format, source_format)
-    return source_format if source_format in MEDIA_TYPES else "PNG"
-
-
-def _narrow(arr: np.ndarray) -> np.ndarray:
-    """uint16 -> uint8, rounded to nearest (v * 255 / 65535)."""
-    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    if img.mode in _GRAY16_MODES:
-        return Image.fromarray(_narrow(np.asarray(img, dtype=np.uint16)), "L")
-    return img
-
-
-def _array16_to_pil8(arr: np.ndarray) -> Image.Image:
-    planes = arr.shape[2]
-    q = _narrow(arr)
-    return Image.fromarray(q[..., 0] if planes == 1 else q, _PIL_MODES[planes])
-
-
-def _icc_for(icc: bytes | None, gray: bool) -> bytes | None:
-    """The profile if it fits the output's colour space (ICC header bytes 16..20), else None: a GRAY
-    profile on RGB pixels (or an RGB one on gray pixels) is invalid, and viewers reject or misrender it."""
-    if not icc or len(icc) < 20:
-        return None
-    space = icc[16:20]
-    return icc if space == (b"GRAY" if gray else b"RGB ") else None
-
-
-def encode(
-    picture: Image.Image | np.ndarray,
-    fmt: str,
-    *,
-    quality: int | None,
-    png_level: int,
-    icc_profile: bytes | None,
-    text: dict[str, str],
-) -> bytes:
-    """Encode to PNG / JPEG / WEBP, carrying the ICC profile and (PNG) text chunks.
-
-    A uint16 (H, W, 2|3|4) array is written as a 16-bit PNG; other formats narrow it to 8 bits. JPEG has
-    no alpha (dropped) and WebP no grayscale (stored as RGB): each format keeps what it can. The ICC
-    profile is kept when it matches the written colour space. Raises InvalidParameter when the picture is
-    larger than the format can hold (JPEG 65500, WebP 16383 pixels a side).
-    """
-    size = (picture.shape[1], picture.shape[0]) if isinstance(picture, np.ndarray) else picture.size
-    limit = _MAX_SIDE.get(fmt)
-    if limit is not None and max(size) > limit:
-        raise InvalidParameter(
-            f"{fmt} cannot hold {size[0]}x{size[1]} (at most {limit} pixels a side); ask for format=png"
-        )
-    buf = io.BytesIO()
-    if isinstance(picture, np.ndarray):
-        if fmt == "PNG":
-            png16.write(buf, picture, png_level, _icc_for(icc_profile, picture.shape[2] <= 2), text)
-            return buf.getvalue()
-        picture = _array16_to_pil8(picture)
-    params: dict[str, object] = {}
-    if fmt == "PNG":
-        info = PngImagePlugin.PngInfo()
-        for key, value in text.items():
-            info.add_text(key, value, zip=len(value) > 1024)
-        params.update(pnginfo=info, compress_level=png_level)
-    elif fmt == "JPEG":
-        picture = _to_8bit(picture)
-        if picture.mode in ("RGBA", "LA"):
-            picture = picture.convert(picture.mode[:-1])
-        params.update(quality=quality or 95)
-    else:  # WEBP
-        picture = _to_8bit(picture)
-        if picture.mode in ("L", "LA"):
-            picture = picture.convert("RGBA" if picture.mode == "LA" else "RGB")
-        params.update(quality=quality or 95, method=4)
-    icc = _icc_for(icc_profile, picture.mode in ("L", "LA") or picture.mode in _GRAY16_MODES)
-    if icc:
-        params["icc_profile"] = icc
-    picture.save(buf, fmt, **params)
-    return buf.getvalue()
