@@ -56,32 +56,9 @@ class UpscaleForm(UpscaleOptions):
     )
 
 
-class GenerateRequest(BaseModel):
-    """The hires-fix hook's body (A1111 API field names). Unknown fields are kept and echoed in info."""
+class HiresFixOptions(BaseModel):
+    """The hires-fix fields /generate takes (A1111 API field names), as JSON or as form fields."""
 
-    model_config = ConfigDict(extra="allow")
-
-    image: str | None = None
-    images: list[str] | None = None
-    hires_fix: bool = True
-    use_realesrgan: bool = True
-    hr_scale: float = 2.0
-    hr_resize_x: int = Field(0, ge=0)
-    hr_resize_y: int = Field(0, ge=0)
-    hr_upscaler: str = "auto"
-    fallback: bool = True
-    prompt: str | None = None
-    seed: int | None = None
-
-
-class GenerateForm(BaseModel):
-    """/generate as multipart/form-data: image file part(s) named `image` and the same fields."""
-
-    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["image"]})
-
-    image: Annotated[list[UploadFile], WithJsonSchema({"type": "array", "items": BINARY, "minItems": 1})] = (
-        Field(default_factory=list, description="first-pass image(s)")
-    )
     hires_fix: bool = True
     use_realesrgan: bool = True
     hr_scale: float = 2.0
@@ -91,6 +68,25 @@ class GenerateForm(BaseModel):
     fallback: bool = True
     prompt: Annotated[str | None, WithJsonSchema({"type": "string"})] = None
     seed: Annotated[int | None, WithJsonSchema({"type": "integer"})] = None
+
+
+class GenerateRequest(HiresFixOptions):
+    """The hires-fix hook's JSON body. Unknown fields are kept and echoed in info."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: str | None = None
+    images: list[str] | None = None
+
+
+class GenerateForm(HiresFixOptions):
+    """/generate as multipart/form-data: image file part(s) named `image` and the same fields."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["image"]})
+
+    image: Annotated[list[UploadFile], WithJsonSchema({"type": "array", "items": BINARY, "minItems": 1})] = (
+        Field(default_factory=list, description="first-pass image(s)")
+    )
 
 
 class GenerateInfo(BaseModel):

@@ -10,10 +10,11 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from scripts.quality import psnr
-from tests.conftest import decode_response, png_bytes
 from tests.support.images import (
     SD_TEXT,
     SRGB,
+    decode_response,
+    png_bytes,
     read_png16,
     save,
     with_orientation,

@@ -90,3 +90,28 @@ def encode(picture: Image.Image | np.ndarray, fmt: str = "PNG", **kw: object) ->
     args: dict = {"quality": None, "png_level": 1, "icc_profile": None, "text": {}, **kw}
     pic = Picture.from_pil(picture) if isinstance(picture, Image.Image) else Picture(picture)
     return encode_picture(pic, fmt, **args)
+
+
+def png_bytes(img: Image.Image, **params: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **params)
+    return buf.getvalue()
+
+
+def decode_response(content: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(content))
+    img.load()
+    return img
+
+
+def gradient_image(w: int = 40, h: int = 30, mode: str = "RGB") -> Image.Image:
+    """A small deterministic image with structure in every channel."""
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), (x * y) % 256], -1).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB").convert(mode)
+
+
+def textured(w: int = 75, h: int = 50) -> np.ndarray:
+    rgb = np.asarray(gradient_image(w, h)).astype(np.int16)
+    noise = np.random.default_rng(0).integers(-20, 21, rgb.shape)
+    return np.clip(rgb + noise, 0, 255).astype(np.uint8)

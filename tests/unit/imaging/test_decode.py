@@ -13,7 +13,6 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from app.imaging.decode import Header, probe
 from app.imaging.encode import output_format
-from tests.conftest import decode_response, gradient_image, png_bytes
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
@@ -21,7 +20,10 @@ from tests.support.images import (
     chunk,
     crafted_png,
     decode_bytes,
+    decode_response,
     fake_icc,
+    gradient_image,
+    png_bytes,
     png_chunk_types,
     random16,
     save,

@@ -10,12 +10,13 @@ from app.errors import InvalidParameter
 from app.imaging.encode import output_format
 from app.imaging.pixels import compose, to_unit_float
 from scripts.quality import psnr
-from tests.conftest import decode_response, gradient_image
 from tests.support.images import (
     SD_TEXT,
     SRGB,
+    decode_response,
     encode,
     fake_icc,
+    gradient_image,
     png_chunk_types,
     random16,
     read_png16,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from app.imaging.pixels import Picture, compose, quantize, resize_array, to_unit_float
-from tests.conftest import gradient_image
+from tests.support.images import gradient_image
 
 
 # -- quantize / compose / to_unit_float ------------------------------------------------------------

@@ -11,7 +11,9 @@ from fastapi.testclient import TestClient
 
 from app.config import SettingsError, load_settings
 from app.middleware import request_id
-from tests.conftest import ClientFactory, gradient_image, png_bytes
+from tests.conftest import ClientFactory
+from tests.support.http import ok
+from tests.support.images import gradient_image, png_bytes
 
 PNG = png_bytes(gradient_image(40, 30))
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -178,5 +180,5 @@ def test_unexpected_error_still_logged_counted_and_tagged(
     assert (line["request_id"], line["status"], line["route"]) == ("bug-1", 500, "/upscale")
     assert (
         'upscaler_requests_total{method="POST",route="/upscale",status="500"} 1.0'
-        in client.get("/metrics").text
+        in ok(client.get("/metrics")).text
     )

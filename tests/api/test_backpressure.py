@@ -18,8 +18,9 @@ from app.config import load_settings
 from app.errors import Cancelled
 from app.scheduler import DeviceQueue, wait_idle
 from app.service import Job, UpscaleService
-from tests.conftest import ClientFactory, gradient_image, png_bytes
-from tests.stubs import StubRunner, add_stub
+from tests.conftest import ClientFactory
+from tests.support.images import gradient_image, png_bytes
+from tests.support.stubs import StubRunner, add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
 

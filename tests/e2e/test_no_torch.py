@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 SCRIPT = r"""
 import importlib.abc, json, sys
@@ -22,11 +22,12 @@ sys.meta_path.insert(0, BlockTorch())
 from fastapi.testclient import TestClient
 from app.config import load_settings
 from app.main import create_app
-from tests.conftest import gradient_image, png_bytes
+from tests.support.images import gradient_image, png_bytes
+from tests.support.http import ok
 
 app = create_app(load_settings({"UPSCALER_WEIGHTS_DIR": sys.argv[1]}), background_load=False)
 with TestClient(app) as client:
-    health = client.get("/health").json()
+    health = ok(client.get("/health")).json()
     resp = client.post("/upscale", files={"image": ("a.png", png_bytes(gradient_image()), "image/png")},
                        data={"scale": "2"})
     strict = client.post("/upscale", files={"image": ("a.png", png_bytes(gradient_image()), "image/png")},

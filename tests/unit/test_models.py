@@ -11,8 +11,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 
-from app.backends.base import ModelEntry
-from app.backends.pytorch import PyTorchBackend, default_tile
+from app.backends.pytorch import default_tile
 from app.engine import run_model
 from app.models import compact, rrdbnet
 from app.models.architectures import describe, load
@@ -20,30 +19,9 @@ from app.models.checkpoint import unwrap
 from app.models.compact import SRVGGNetCompact
 from app.models.descriptor import ModelDescriptor, UnknownArchitecture
 from scripts.quality import psnr_unit
-from tests.conftest import ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
-
-
-def compact_net(scale: int = 4, num_feat: int = 8, num_conv: int = 3, channels: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
-    torch.manual_seed(seed)
-    net = SRVGGNetCompact(channels, channels, num_feat, num_conv, scale).eval()
-    with torch.no_grad():  # PReLU slopes of a trained net differ per channel; random ones too
-        for layer in net.body:
-            if isinstance(layer, torch.nn.PReLU):
-                layer.weight.uniform_(0.0, 0.3)
-    return net
-
-
-def forward(net: torch.nn.Module, img: np.ndarray) -> np.ndarray:
-    """fp32 reference forward of (H, W, C) float32 -> (H*s, W*s, C) clamped."""
-    with torch.inference_mode():
-        y = net(torch.from_numpy(img).permute(2, 0, 1)[None]).clamp(0, 1)
-    return y[0].permute(1, 2, 0).numpy()
-
-
-def load_entry(path: Path, **kwargs: object) -> ModelEntry:
-    entry = ModelEntry(name=path.stem, backend="pytorch", file=path)
-    PyTorchBackend(device="cpu", **{"precision": "fp32", **kwargs}).load(entry)  # type: ignore[arg-type]
-    return entry
+from tests.conftest import ClientFactory
+from tests.support.checkpoints import compact_net, forward, load_entry, tiny_state_dict, write_checkpoint
+from tests.support.images import gradient_image, png_bytes
 
 
 @pytest.mark.parametrize(

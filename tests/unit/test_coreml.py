@@ -29,14 +29,10 @@ from app.models import rrdbnet
 from app.models.descriptor import ModelDescriptor
 from app.models.rrdbnet import RRDBNet
 from scripts.quality import psnr_unit as psnr
-from tests.conftest import (
-    ClientFactory,
-    arch_tuple,
-    decode_response,
-    gradient_image,
-    png_bytes,
-    tiny_state_dict,
-)
+from tests.conftest import ClientFactory
+from tests.support.checkpoints import arch_tuple, tiny_state_dict
+from tests.support.http import ok
+from tests.support.images import decode_response, gradient_image, png_bytes, textured
 
 
 def tiny_net(scale: int, seed: int = 3, channels: int = 3) -> tuple[RRDBNet, ModelDescriptor]:
@@ -58,12 +54,6 @@ def stand_in(net: RRDBNet, shapes: list[tuple[int, int]], seen: list | None = No
             return net(torch.from_numpy(x)).numpy()
 
     return predict
-
-
-def textured(w: int = 75, h: int = 50) -> np.ndarray:
-    rgb = np.asarray(gradient_image(w, h)).astype(np.int16)
-    noise = np.random.default_rng(0).integers(-20, 21, rgb.shape)
-    return np.clip(rgb + noise, 0, 255).astype(np.uint8)
 
 
 def spec_of(shapes: list[tuple[int, int]], channels: int = 3, meta: dict[str, str] | None = None) -> Any:
@@ -238,7 +228,7 @@ def test_app_off_macos_lists_package_and_falls_back(make_client: ClientFactory, 
     d.mkdir()
     (d / "phone.mlpackage").mkdir()
     client = make_client({"UPSCALER_WEIGHTS_DIR": str(d)})
-    body = client.get("/health").json()
+    body = ok(client.get("/health")).json()
     (model,) = body["models"]
     assert (model["name"], model["backend"], model["available"]) == ("phone", "coreml", False)
     assert model["reason"] == OFF_MACOS and body["backends"]["coreml"]["reason"] == OFF_MACOS
@@ -278,7 +268,7 @@ def test_app_on_macos_prefers_coreml_and_serves_the_pytorch_image(
         resp = _post(client, model="tiny-x2")
         assert resp.status_code == 200 and "x-fallback-reason" not in resp.headers
         served[resp.headers["x-upscale-backend"]] = np.asarray(decode_response(resp.content), np.float32)
-        models = {(m["name"], m["backend"]): m for m in client.get("/health").json()["models"]}
+        models = {(m["name"], m["backend"]): m for m in ok(client.get("/health")).json()["models"]}
         assert models[("tiny-x2", "coreml")]["available"] is (platform == "darwin")
     assert opened == [("tiny-x2.mlpackage", "CPU_AND_NE")]
     assert set(served) == {"pytorch", "coreml"}

@@ -8,7 +8,7 @@ import torch
 from app.errors import Cancelled, OutOfMemory
 from app.tiling import _ramp, _spans, upscale_tiled
 from scripts.quality import psnr
-from tests.conftest import tiny_state_dict
+from tests.support.checkpoints import tiny_state_dict
 
 
 def nearest(x: np.ndarray, s: int = 2) -> np.ndarray:

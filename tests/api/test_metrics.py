@@ -7,8 +7,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ClientFactory, gradient_image, png_bytes
-from tests.stubs import add_stub
+from tests.conftest import ClientFactory
+from tests.support.images import gradient_image, png_bytes
+from tests.support.stubs import add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
 

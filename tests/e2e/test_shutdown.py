@@ -17,8 +17,11 @@ from fastapi.testclient import TestClient
 from app.config import SettingsError, load_settings
 from app.main import create_app
 from scripts.localserver import local_server
-from tests.conftest import ClientFactory, gradient_image, png_bytes, tiny_state_dict, write_checkpoint
-from tests.stubs import add_stub
+from tests.conftest import ClientFactory
+from tests.support.checkpoints import tiny_state_dict, write_checkpoint
+from tests.support.http import ok
+from tests.support.images import gradient_image, png_bytes
+from tests.support.stubs import add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
 
@@ -49,7 +52,7 @@ def test_draining_refuses_new_work_and_keeps_probes_open(client: TestClient) -> 
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     assert client.get("/health").status_code == 200
     assert client.get("/health/live").status_code == 200
-    assert "upscaler_draining 1.0" in client.get("/metrics").text
+    assert "upscaler_draining 1.0" in ok(client.get("/metrics")).text
 
 
 def test_not_ready_carries_retry_after(make_client: ClientFactory) -> None:
@@ -121,7 +124,7 @@ def test_e2e_sigterm_finishes_in_flight_request_then_exits_0(slow_weights: Path,
         worker = threading.Thread(target=upscale)
         worker.start()
         for _ in range(600):  # until the model is working on it
-            queues = httpx.get(f"{url}/health", timeout=10).json()["queues"]
+            queues = ok(httpx.get(f"{url}/health", timeout=10)).json()["queues"]
             if queues and queues[0]["in_flight"] == 1:
                 break
             time.sleep(0.05)

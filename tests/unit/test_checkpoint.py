@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import ModelEntry
-from app.backends.pytorch import PyTorchBackend
 from app.models import rrdbnet
 from app.models.architectures import describe
 from app.models.checkpoint import unwrap
 from app.models.descriptor import UnknownArchitecture
 from app.models.rrdbnet import RRDBNet
-from tests.conftest import LAYOUTS, tiny_state_dict, write_checkpoint
+from tests.support.checkpoints import LAYOUTS, load_entry, tiny_state_dict, write_checkpoint
 
 
 def detect(sd: dict):  # type: ignore[no-untyped-def]
@@ -23,12 +21,6 @@ def detect(sd: dict):  # type: ignore[no-untyped-def]
 
 def normalize_state_dict(obj: object) -> dict:
     return rrdbnet.normalize(unwrap(obj))
-
-
-def _load(path: Path, **kwargs: object) -> ModelEntry:
-    entry = ModelEntry(name=path.stem, backend="pytorch", file=path)
-    PyTorchBackend(device="cpu", precision="fp32", **kwargs).load(entry)  # type: ignore[arg-type]
-    return entry
 
 
 CASES = [(layout, 4) for layout in LAYOUTS] + [
@@ -42,7 +34,7 @@ CASES = [(layout, 4) for layout in LAYOUTS] + [
 @pytest.mark.parametrize(("layout", "scale"), CASES)
 def test_load_every_layout_gives_the_same_net(tmp_path: Path, layout: str, scale: int) -> None:
     sd = tiny_state_dict(scale, seed=3, num_block=2)
-    entry = _load(write_checkpoint(sd, tmp_path / "m", layout))
+    entry = load_entry(write_checkpoint(sd, tmp_path / "m", layout))
     assert entry.available, entry.reason
     assert entry.descriptor is not None
     assert (entry.descriptor.scale, entry.descriptor.hp("num_block")) == (scale, 2)
@@ -106,7 +98,7 @@ def test_load_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
     payload.marker = marker
     sd = tiny_state_dict(4)
     torch.save({"params": sd, "hook": payload}, tmp_path / "evil.pth")
-    entry = _load(tmp_path / "evil.pth")
+    entry = load_entry(tmp_path / "evil.pth")
     assert not entry.available
     assert entry.reason is not None and "refused" in entry.reason and "not executed" in entry.reason
     assert entry.fallback_reason == "weights_missing"
@@ -117,17 +109,17 @@ def test_load_garbage_file_is_unavailable_with_reason(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"definitely not a checkpoint")
     (tmp_path / "junk2.safetensors").write_bytes(b"\x00" * 16)
     for name in ("junk.pth", "junk2.safetensors"):
-        entry = _load(tmp_path / name)
+        entry = load_entry(tmp_path / name)
         assert not entry.available and entry.reason
 
 
 def test_load_wrong_shapes_fail_strict_loading(tmp_path: Path) -> None:
     sd = tiny_state_dict(4)
     sd["conv_hr.weight"] = torch.zeros(8, 8, 1, 1)
-    entry = _load(write_checkpoint(sd, tmp_path / "bad", "top"))
+    entry = load_entry(write_checkpoint(sd, tmp_path / "bad", "top"))
     assert not entry.available and "conv_hr" in (entry.reason or "")
 
 
 def test_load_reports_tile_for_cpu(tmp_path: Path) -> None:
-    entry = _load(write_checkpoint(tiny_state_dict(4), tmp_path / "m", "top"), tile=96)
+    entry = load_entry(write_checkpoint(tiny_state_dict(4), tmp_path / "m", "top"), tile=96)
     assert entry.runner is not None and entry.runner.default_tile == 96

@@ -7,7 +7,8 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import decode_response, gradient_image, png_bytes
+from tests.support.http import ok
+from tests.support.images import decode_response, gradient_image, png_bytes
 
 IMG = png_bytes(gradient_image(60, 44), pnginfo=None)
 B64 = base64.b64encode(IMG).decode()
@@ -66,7 +67,7 @@ def test_generate_hires_fix_false_returns_images_unchanged(client: TestClient) -
 
 
 def test_generate_lanczos_when_disabled(client: TestClient) -> None:
-    resp = client.post("/generate", json={"image": B64, "use_realesrgan": False})
+    resp = ok(client.post("/generate", json={"image": B64, "use_realesrgan": False}))
     info = resp.json()["info"]
     assert (info["upscaler"], info["backend"], info["fallback_reason"]) == (
         "lanczos",
@@ -76,13 +77,13 @@ def test_generate_lanczos_when_disabled(client: TestClient) -> None:
 
 
 def test_generate_named_upscaler(client: TestClient) -> None:
-    resp = client.post("/generate", json={"image": B64, "hr_upscaler": "tiny-x4", "hr_scale": 2})
+    resp = ok(client.post("/generate", json={"image": B64, "hr_upscaler": "tiny-x4", "hr_scale": 2}))
     assert resp.json()["info"]["upscaler"] == "tiny-x4"
 
 
 def test_generate_echoes_unknown_fields(client: TestClient) -> None:
     extra = {"steps": 20, "sampler_name": "Euler a", "cfg_scale": 7.0, "denoising_strength": 0.5}
-    resp = client.post("/generate", json={"image": B64, **extra})
+    resp = ok(client.post("/generate", json={"image": B64, **extra}))
     info = resp.json()["info"]
     assert all(info[k] == v for k, v in extra.items())
 
@@ -101,7 +102,7 @@ def test_generate_keeps_png_text_chunks(client: TestClient) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a cat, Steps: 20, Sampler: Euler a")
     data = base64.b64encode(png_bytes(gradient_image(40, 40), pnginfo=info)).decode()
-    resp = client.post("/generate", json={"image": data})
+    resp = ok(client.post("/generate", json={"image": data}))
     out = decode_response(base64.b64decode(resp.json()["images"][0]))
     assert out.text["parameters"] == "a cat, Steps: 20, Sampler: Euler a"  # type: ignore[attr-defined]
 
@@ -141,6 +142,6 @@ def test_generate_rejects_non_json(client: TestClient) -> None:
 
 def test_generate_hr_scale_one_resizes_without_a_model(client: TestClient) -> None:
     on_grid = base64.b64encode(png_bytes(gradient_image(64, 48))).decode()
-    resp = client.post("/generate", json={"image": on_grid, "hr_scale": 1.0})
+    resp = ok(client.post("/generate", json={"image": on_grid, "hr_scale": 1.0}))
     info = resp.json()["info"]
     assert (info["upscaler"], info["fallback_reason"], info["output_size"]) == ("lanczos", None, [64, 48])

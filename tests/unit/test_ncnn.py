@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from app.backends.base import ModelEntry
-from app.backends.pytorch import PyTorchBackend
 from app.models import ncnn
 from app.models.architectures import load_file
 from app.models.descriptor import UnknownArchitecture
 from scripts.quality import psnr_unit
-from tests.conftest import ClientFactory, decode_response, png_bytes
+from tests.conftest import ClientFactory
+from tests.support.checkpoints import compact_net, forward, load_entry
+from tests.support.images import decode_response, png_bytes
 from tests.support.ncnn import (
     ANIME_6B,
     ANIMEVIDEO_V3,
@@ -27,19 +27,12 @@ from tests.support.ncnn import (
     real_models,
     write_compact,
 )
-from tests.test_models import compact_net, forward
 
 
 def real_crop(datasets: Path, w: int, h: int) -> np.ndarray:
     """A (h, w, 3) float32 crop of Set5's butterfly (a real photo with edges and texture)."""
     img = Image.open(datasets / "Set5" / "butterfly.png").convert("RGB")
     return np.asarray(img.crop((100, 60, 100 + w, 60 + h)), dtype=np.float32) / 255.0
-
-
-def load_entry(param: Path) -> ModelEntry:
-    entry = ModelEntry(name=param.stem, backend="pytorch", file=param)
-    PyTorchBackend(device="cpu", precision="fp32").load(entry)
-    return entry
 
 
 @pytest.mark.slow

@@ -12,10 +12,11 @@ from app.backends.registry import Registry
 from app.config import load_settings
 from app.main import create_app
 from tests.conftest import ClientFactory
+from tests.support.http import ok
 
 
 def test_health_lists_models_and_backends(client: TestClient) -> None:
-    body = client.get("/health").json()
+    body = ok(client.get("/health")).json()
     assert (body["status"], body["ready"], body["realesrgan_available"]) == ("ok", True, True)
     assert (body["default_model"], body["fallback"]) == ("tiny-x2", "lanczos")
     pt = body["backends"]["pytorch"]
@@ -33,7 +34,7 @@ def test_health_degraded_with_bad_files_only(make_client: ClientFactory, tmp_pat
     (d / "broken.pth").write_bytes(b"nope")
     (d / "notes.txt").write_text("not a model")
     (d / "phone.mlpackage").mkdir()
-    body = make_client({"UPSCALER_WEIGHTS_DIR": str(d)}).get("/health").json()
+    body = ok(make_client({"UPSCALER_WEIGHTS_DIR": str(d)}).get("/health")).json()
     assert (body["status"], body["realesrgan_available"], body["default_model"]) == ("degraded", False, None)
     models = {m["name"]: m for m in body["models"]}
     assert set(models) == {"broken", "phone"}
@@ -60,7 +61,7 @@ def test_health_says_starting_until_models_loaded(
     monkeypatch.setattr(Registry, "scan", slow_scan)
     app = create_app(load_settings({"UPSCALER_WEIGHTS_DIR": str(weights_dir)}))
     with TestClient(app) as client:
-        assert client.get("/health").json()["status"] == "starting"
+        assert ok(client.get("/health")).json()["status"] == "starting"
         assert client.get("/health/ready").status_code == 503
         assert client.get("/health/live").status_code == 200
         resp = client.post("/upscale", content=b"x", headers={"Content-Type": "image/png"})
@@ -70,4 +71,4 @@ def test_health_says_starting_until_models_loaded(
             if client.get("/health/ready").status_code == 200:
                 break
             threading.Event().wait(0.02)
-        assert client.get("/health").json()["status"] == "ok"
+        assert ok(client.get("/health")).json()["status"] == "ok"

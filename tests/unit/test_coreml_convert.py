@@ -30,8 +30,11 @@ from scripts.coreml_convert import (
 )
 from scripts.mil_reference import load_program, run_program
 from scripts.quality import psnr_unit as psnr
-from tests.conftest import ROOT, ClientFactory, arch_tuple, tiny_state_dict, write_checkpoint
-from tests.test_coreml import textured
+from tests.conftest import ClientFactory
+from tests.support.checkpoints import arch_tuple, tiny_state_dict, write_checkpoint
+from tests.support.http import ok
+from tests.support.images import textured
+from tests.support.paths import ROOT
 
 macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction exists only on macOS")
 
@@ -207,7 +210,7 @@ def test_health_shows_converted_package_off_macos(
     d = tmp_path / "w"
     d.mkdir()
     shutil.copytree(packages["x4"], d / "tiny-x4.mlpackage")
-    body = make_client({"UPSCALER_WEIGHTS_DIR": str(d)}).get("/health").json()
+    body = ok(make_client({"UPSCALER_WEIGHTS_DIR": str(d)}).get("/health")).json()
     (model,) = body["models"]
     assert (model["backend"], model["available"], model["reason"]) == ("coreml", False, OFF_MACOS)
     assert (model["arch"], model["scale"], model["meta"]["tile_sizes"]) == ("RRDBNet", 4, "48")

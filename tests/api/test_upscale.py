@@ -13,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import ClientFactory, decode_response, gradient_image, png_bytes
-from tests.stubs import add_stub
+from tests.conftest import ClientFactory
+from tests.support.http import ok
+from tests.support.images import decode_response, gradient_image, png_bytes
+from tests.support.stubs import add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
 
@@ -143,7 +145,7 @@ def test_upscale_model_error_falls_back_and_logs_once(
             assert resp.status_code == 200 and resp.headers["x-fallback-reason"] == "model_error"
     lines = [r for r in caplog.records if r.name == "app.service" and "model_error" in r.getMessage()]
     assert len(lines) == 1
-    assert client.get("/health").json()["fallbacks"]["model_error"] == 3
+    assert ok(client.get("/health")).json()["fallbacks"]["model_error"] == 3
     resp = post(client, fallback="false")
     assert_error(resp, 503, "neural_unavailable")
     assert resp.headers["x-fallback-reason"] == "model_error"
@@ -248,7 +250,7 @@ def test_upscale_queue_full_is_overloaded(make_client: ClientFactory) -> None:
     second = threading.Thread(target=call)
     second.start()
     for _ in range(200):  # until the second request is waiting in the queue
-        queues = client.get("/health").json()["queues"]
+        queues = ok(client.get("/health")).json()["queues"]
         if queues and queues[0]["in_flight"] == 2:
             break
         threading.Event().wait(0.02)

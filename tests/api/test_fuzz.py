@@ -28,7 +28,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 from app.config import load_settings
 from app.main import create_app
 from app.schemas import UpscaleOptions
-from tests.conftest import decode_response, gradient_image, tiny_state_dict, write_checkpoint
+from tests.support.checkpoints import tiny_state_dict, write_checkpoint
+from tests.support.images import decode_response, gradient_image
 
 
 def bounded(max_examples: int) -> settings:

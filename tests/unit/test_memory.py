@@ -11,8 +11,9 @@ import pytest
 from app.backends.base import ModelEntry
 from app.config import SettingsError, load_settings
 from app.memory import MIB, budget_bytes, estimate_bytes, total_memory_bytes
-from tests.conftest import ClientFactory, gradient_image, png_bytes
-from tests.stubs import StubRunner, add_stub
+from tests.conftest import ClientFactory
+from tests.support.images import gradient_image, png_bytes
+from tests.support.stubs import StubRunner, add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
 

@@ -13,7 +13,7 @@ from app.backends.pytorch import PyTorchBackend
 from app.engine import run_model
 from app.imaging.pixels import quantize
 from scripts.quality import bicubic_lr, modcrop, psnr, psnr_y
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 SHIPPED = sorted((ROOT / "weights").glob("*.safetensors"))
 IMAGES = ("bird.png", "butterfly.png")

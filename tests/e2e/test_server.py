@@ -11,7 +11,8 @@ import httpx2 as httpx
 import pytest
 
 from scripts.localserver import local_server
-from tests.conftest import decode_response, gradient_image, png_bytes
+from tests.support.http import ok
+from tests.support.images import decode_response, gradient_image, png_bytes
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def server(weights_dir: Path, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_e2e_serves_health_upscale_and_generate(server: str) -> None:
-    health = httpx.get(f"{server}/health").json()
+    health = ok(httpx.get(f"{server}/health")).json()
     assert health["status"] == "ok" and health["default_model"] == "tiny-x2"
 
     img = png_bytes(gradient_image(64, 48))

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings, SettingsError, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_load_settings_defaults_match_spec() -> None:

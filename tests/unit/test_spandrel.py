@@ -38,7 +38,8 @@ from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.models.architectures import load  # noqa: E402
 from app.models.descriptor import UnknownArchitecture  # noqa: E402
 from scripts.quality import psnr_unit  # noqa: E402
-from tests.conftest import ClientFactory, decode_response, gradient_image, png_bytes  # noqa: E402
+from tests.conftest import ClientFactory  # noqa: E402
+from tests.support.images import decode_response, gradient_image, png_bytes  # noqa: E402
 
 
 def swinir_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
