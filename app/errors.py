@@ -42,11 +42,18 @@ class ValidationFailed(UpscalerError):
     type = "validation_error"
 
 
-class Overloaded(UpscalerError):
-    type = "overloaded"
+class RetryLater(UpscalerError):
+    """A 503 the client should retry after `Retry-After` seconds."""
 
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        seconds = self.retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(message, headers={"Retry-After": str(seconds)})
+
+
+class Overloaded(RetryLater):
+    type = "overloaded"
 
 
 class NeuralUnavailable(UpscalerError):
@@ -59,22 +66,18 @@ class NeuralUnavailable(UpscalerError):
         self.reason = reason
 
 
-class NotReady(UpscalerError):
+class NotReady(RetryLater):
     """Start-up loading is not done yet."""
 
     type = "not_ready"
-
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 5
 
 
-class ShuttingDown(UpscalerError):
+class ShuttingDown(RetryLater):
     """The process is draining after SIGTERM: in-flight work finishes, new work goes elsewhere."""
 
     type = "shutting_down"
-
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 5
 
 
 class ClientClosed(UpscalerError):
