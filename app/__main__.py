@@ -42,6 +42,14 @@ def main() -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
+    if not settings.loopback_only and settings.api_key is None:
+        import logging
+
+        logging.getLogger("app").warning(
+            "listening on %s without an API key: anyone who can reach this port can use the service "
+            "(set UPSCALER_API_KEY, or UPSCALER_HOST=127.0.0.1 to stay on this machine)",
+            settings.host,
+        )
 
     from app.main import create_app
 

@@ -6,6 +6,7 @@ app starts, and a bad value raises `SettingsError` with one line naming the vari
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -26,7 +27,8 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    host: str = "0.0.0.0"
+    # Loopback by default, as A1111 and ComfyUI do; 0.0.0.0 (the Docker image's value) opens it.
+    host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     weights_dir: Path = Path("weights")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -38,6 +40,8 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(16_777_216, ge=1)
     max_output_pixels: int = Field(67_108_864, ge=1)
     queue_size: int = Field(16, ge=1)
+    # Images per /generate or batch request (413 beyond).
+    max_batch: int = Field(16, ge=1, le=1000)
     request_timeout_s: float = Field(300.0, gt=0)
     api_key: SecretStr | None = None
     default_model: str | None = None
@@ -59,6 +63,14 @@ class Settings(BaseSettings):
             if origin and not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"{origin!r} is not '*' or an origin like https://example.com[:port]")
         return value
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the service listens on a loopback address only."""
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
 
     @property
     def max_upload_bytes(self) -> int:

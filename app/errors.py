@@ -90,6 +90,12 @@ class Timeout(UpscalerError):
     type = "timeout"
 
 
+class NotImplementedHere(UpscalerError):
+    """An endpoint of another API that this service does not provide (A1111's generation routes)."""
+
+    type = "not_implemented"
+
+
 class Cancelled(Exception):
     """Work stopped because its request timed out or its client left; never reaches a client."""
 
@@ -115,6 +121,7 @@ STATUS_BY_ERROR: dict[type[UpscalerError], int] = {
     NotReady: 503,
     ShuttingDown: 503,
     ClientClosed: 499,  # nginx's code for "client closed request": nobody reads it, the access log does
+    NotImplementedHere: 501,
     Timeout: 504,
 }
 

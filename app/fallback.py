@@ -15,6 +15,7 @@ from app.backends.registry import Registry
 from app.errors import InvalidParameter
 
 LANCZOS = "lanczos"
+NEAREST = "nearest"  # A1111's "Nearest" upscaler: a plain pixel repeat, by name only
 AUTO = "auto"
 
 
@@ -45,8 +46,8 @@ def choose(
 ) -> Choice:
     """Pick the model for an upscale by `scale`. Raises InvalidParameter for an unknown model name."""
     key = (model or AUTO).strip()
-    if key.lower() == LANCZOS:
-        return Choice(None, None, "LANCZOS requested by name")
+    if key.lower() in (LANCZOS, NEAREST):
+        return Choice(None, None, f"{key.upper()} requested by name")
     if not use_realesrgan:
         return Choice(None, DISABLED_BY_REQUEST, "use_realesrgan=false")
     if key.lower() != AUTO:

@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import generate, health, upscale
+from app.api.routes import generate, health, sdapi, upscale
 from app.api.routes import metrics as metrics_route
 from app.api.uploads import UploadLimit
 from app.backends.base import Backend
@@ -145,6 +145,7 @@ def create_app(
     app.include_router(health.router, tags=["health"])
     app.include_router(upscale.router, tags=["upscale"])
     app.include_router(generate.router, tags=["generate"])
+    app.include_router(sdapi.router, tags=["AUTOMATIC1111"])
     app.include_router(metrics_route.router, tags=["metrics"])
     install_error_handlers(app)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]

@@ -23,8 +23,15 @@ from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, M
 from app.backends.registry import Registry
 from app.config import Settings
 from app.engine import run_model
-from app.errors import ImageTooLarge, InvalidParameter, ModelFailed, NeuralUnavailable, OutOfMemory
-from app.fallback import LANCZOS, Choice, choose
+from app.errors import (
+    ImageTooLarge,
+    InvalidParameter,
+    ModelFailed,
+    NeuralUnavailable,
+    OutOfMemory,
+    PayloadTooLarge,
+)
+from app.fallback import LANCZOS, NEAREST, Choice, choose
 from app.imaging.decode import DecodedImage, Header, decode, probe
 from app.imaging.encode import MEDIA_TYPES, encode, output_format
 from app.imaging.pixels import Picture, compose, resize_array, to_unit_float
@@ -122,7 +129,15 @@ class UpscaleService:
             first = (model, reason) not in self._logged
             self._logged.add((model, reason))
         if first:
-            log.warning("falling back to LANCZOS for %s: %s (%s)", model, reason, detail or "no detail")
+            # A LANCZOS the client asked for (use_realesrgan=false) is no fault: info, not a warning.
+            level = logging.INFO if reason == DISABLED_BY_REQUEST else logging.WARNING
+            log.log(level, "LANCZOS instead of %s: %s (%s)", model, reason, detail or "no detail")
+
+    def check_batch(self, count: int) -> None:
+        """Raises PayloadTooLarge (413) for more images in one request than UPSCALER_MAX_BATCH."""
+        limit = self.settings.max_batch
+        if count > limit:
+            raise PayloadTooLarge(f"{count} images in one request; the limit is {limit} (UPSCALER_MAX_BATCH)")
 
     def check_memory(self, w: int, h: int, target: Target, entry: ModelEntry | None) -> int:
         """The estimated peak bytes of this request; raises ImageTooLarge beyond the memory budget."""
@@ -191,8 +206,9 @@ class UpscaleService:
                 choice = Choice(None, reason, str(exc))
         elif choice.reason:
             self.record_fallback(job.model or "auto", choice.reason, choice.detail)
+        nearest = choice.entry is None and (job.model or "").strip().lower() == NEAREST
         if picture is None:
-            picture = await asyncio.to_thread(self._lanczos, decoded, plan.target)
+            picture = await asyncio.to_thread(self._resize, decoded, plan.target, nearest)
         encoded = await asyncio.to_thread(
             encode,
             picture,
@@ -206,7 +222,7 @@ class UpscaleService:
         return Result(
             data=encoded,
             media_type=MEDIA_TYPES[plan.out_format],
-            upscaler=used.name if used else LANCZOS,
+            upscaler=used.name if used else NEAREST if nearest else LANCZOS,
             backend=used.backend if used else "pillow",
             fallback_reason=choice.reason,
             input_size=(plan.header.width, plan.header.height),
@@ -261,8 +277,14 @@ class UpscaleService:
         return compose(x, alpha, decoded.bit_depth).crop(target.crop)
 
     @staticmethod
-    def _lanczos(decoded: DecodedImage, target: Target) -> Picture:
+    def _resize(decoded: DecodedImage, target: Target, nearest: bool = False) -> Picture:
+        """The Pillow path: LANCZOS (or NEAREST when asked for by name) straight to the target."""
         size = (target.width, target.height)
+        if nearest:
+            pixels = decoded.pixels if decoded.alpha is None else np.dstack([decoded.pixels, decoded.alpha])
+            ys = np.arange(size[1]) * pixels.shape[0] // size[1]
+            xs = np.arange(size[0]) * pixels.shape[1] // size[0]
+            return Picture(np.ascontiguousarray(pixels[ys][:, xs])).crop(target.crop)
         if decoded.image is not None:
             return Picture.from_pil(decoded.image.resize(size, Image.Resampling.LANCZOS)).crop(target.crop)
         color = resize_array(to_unit_float(decoded.pixels), size)

@@ -57,8 +57,8 @@ class HiresFix:
 
 @dataclass(frozen=True)
 class CoverTo:
-    """A1111 extras resize mode 1: to `width` x `height`; `crop` cuts the overhang (cover and centre
-    crop), else the image is stretched to exactly that size."""
+    """A1111 extras resize mode 1: scaled (aspect kept) until it covers `width` x `height`; `crop`
+    cuts the overhang around the centre, else the covering size is returned whole (as A1111 does)."""
 
     width: int
     height: int
@@ -122,12 +122,11 @@ def hires_target(w: int, h: int, req: HiresFix) -> Target:
 
 
 def cover_target(w: int, h: int, req: CoverTo) -> Target:
-    """To exactly `req.width` x `req.height`: cover and centre-crop, or stretch (crop=False)."""
+    """Cover `req.width` x `req.height` keeping the aspect; centre-crop to it when `req.crop`."""
     if req.width < 1 or req.height < 1:
         raise InvalidParameter(f"target size must be positive, not {req.width}x{req.height}")
-    if not req.crop:
-        return _checked(req.width, req.height, w, h)
-    return _cover(w, h, req.width, req.height, "output")
+    covered = _cover(w, h, req.width, req.height, "output")
+    return covered if req.crop else Target(covered.width, covered.height, covered.factor)
 
 
 def _cover(w: int, h: int, fw: int, fh: int, what: str) -> Target:

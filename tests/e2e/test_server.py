@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -72,3 +73,57 @@ def test_e2e_health_answers_while_upscaling(server: str) -> None:
         time.sleep(0.05)
     worker.join(120)
     assert done == [200] and answered >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("env", "warned"), [({}, True), ({"UPSCALER_API_KEY": "k"}, False)])
+def test_e2e_warns_when_open_beyond_loopback_without_a_key(
+    weights_dir: Path, tmp_path: Path, env: dict[str, str], warned: bool
+) -> None:
+    log = tmp_path / "server.log"
+    settings = {"UPSCALER_HOST": "0.0.0.0", "UPSCALER_LOG_LEVEL": "info", **env}
+    with local_server(weights_dir, log, env=settings, startup_s=60) as srv:
+        assert httpx.get(f"{srv.url}/health/live").status_code == 200
+        text = srv.log()
+    assert ("listening on 0.0.0.0 without an API key" in text) is warned, text
+
+
+@pytest.mark.slow
+def test_e2e_uvicorn_app_main_app_serves(weights_dir: Path, tmp_path: Path) -> None:
+    """`uvicorn app.main:app` builds the app from the environment when uvicorn asks for it."""
+    import subprocess
+    import sys
+    import time
+
+    from scripts.localserver import free_port
+    from tests.support.paths import ROOT
+
+    port = free_port()
+    env = {**os.environ, "UPSCALER_WEIGHTS_DIR": str(weights_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+                if resp.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        health = httpx.get(f"http://127.0.0.1:{port}/health")
+        assert health.status_code == 200 and health.json()["default_model"] == "tiny-x2"
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/upscale",
+            files={"image": ("a.png", png_bytes(gradient_image(32, 24)), "image/png")},
+            timeout=60,
+        )
+        assert resp.status_code == 200 and resp.headers["x-upscaler"] == "tiny-x2"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

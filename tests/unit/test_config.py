@@ -10,7 +10,9 @@ from tests.support.paths import ROOT
 
 def test_load_settings_defaults_match_spec() -> None:
     s = load_settings({})
-    assert (s.host, s.port, s.weights_dir) == ("0.0.0.0", 8000, Path("weights"))
+    assert (s.host, s.port, s.weights_dir) == ("127.0.0.1", 8000, Path("weights"))
+    assert s.loopback_only and not load_settings({"UPSCALER_HOST": "0.0.0.0"}).loopback_only
+    assert load_settings({"UPSCALER_HOST": "::1"}).loopback_only
     assert (s.device, s.precision, s.tile, s.coreml_compute_units) == ("auto", "auto", None, "ALL")
     assert (s.max_upload_mb, s.max_input_pixels, s.max_output_pixels) == (50, 16_777_216, 67_108_864)
     assert s.api_key is None and s.default_model is None

@@ -120,6 +120,7 @@ async def generate(
     t0 = time.perf_counter()
     settings = state.settings
     req, images = await read_request(request, form)
+    state.service.check_batch(len(images))
     deadline = time.monotonic() + settings.request_timeout_s
     out: list[str] = []
     per_image: list[dict[str, Any]] = []
