@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import generate, health, sdapi, upscale
+from app.api.routes import docs, generate, health, sdapi, upscale
 from app.api.routes import metrics as metrics_route
 from app.api.uploads import UploadLimit
 from app.backends.base import Backend
@@ -139,8 +139,12 @@ def create_app(
         version="0.1.0",
         summary="Super-resolution (ESRGAN / Real-ESRGAN families, spandrel's zoo, ncnn files, Core ML) "
         "with an honest LANCZOS fallback",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.metrics = metrics
     app.include_router(health.router, tags=["health"])
     app.include_router(upscale.router, tags=["upscale"])
@@ -163,16 +167,61 @@ def create_app(
     return app
 
 
+API_DESCRIPTION = """\
+Upscales images for people and pipelines: `POST /upscale` (multipart or a raw image), the hires-fix
+hook `POST /generate`, and AUTOMATIC1111's `/sdapi/v1` upscale routes. `GET /health` says which models
+can serve; every response says which upscaler ran (`X-Upscaler`) and, when it fell back to LANCZOS,
+why (`X-Fallback-Reason`). Errors are `{"error": {"type", "message"}}`.
+
+Every request may carry `X-Request-ID` (1-128 of `[A-Za-z0-9._-]`); every response echoes it (or a
+fresh id) and the access log records it. With `UPSCALER_API_KEY` set, the upload routes need the key
+(Authorize: Bearer, `X-API-Key`, or Basic with the key as password); `/health*` stays open.
+"""
+OPENAPI_TAGS = [
+    {"name": "upscale", "description": "one image in, the upscaled image out, with what ran in the headers"},
+    {"name": "generate", "description": "the upscale step of a two-pass hires fix (A1111 field names)"},
+    {"name": "AUTOMATIC1111", "description": "A1111's API dialect, for clients such as webuiapi"},
+    {"name": "health", "description": "what can serve (always open, also with an API key)"},
+    {"name": "metrics", "description": "Prometheus text exposition"},
+]
+REQUEST_ID_PARAMETER = {
+    "name": REQUEST_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "your id for this request, echoed in the response and the access log when it is 1-128 "
+    "of [A-Za-z0-9._-] (any other value is replaced by a fresh id, not refused)",
+    "schema": {"type": "string"},
+}
+REQUEST_ID_RESPONSE_HEADER = {
+    "description": "the request's id: the client's X-Request-ID when valid, else a fresh one",
+    "schema": {"type": "string"},
+}
+
+
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's generated document, less the url-encoded body it lists for every form model: the
-    upload endpoints take multipart (and raw images, or JSON), which their openapi_extra declare."""
+    """FastAPI's generated document, with what it cannot know: the upload endpoints take multipart
+    (and raw images, or JSON) rather than the url-encoded body FastAPI lists for a form model; every
+    operation takes and answers X-Request-ID (the middleware's, not a route's); and the API key is
+    optional (an empty security requirement) because it is enforced only when configured."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+            tags=OPENAPI_TAGS,
+        )
         for item in schema.get("paths", {}).values():
             for operation in item.values():
                 content = operation.get("requestBody", {}).get("content", {})
                 if "multipart/form-data" in content:
                     content.pop("application/x-www-form-urlencoded", None)
+                operation.setdefault("parameters", []).append(REQUEST_ID_PARAMETER)
+                if operation.get("security"):  # the key is needed only when UPSCALER_API_KEY is set
+                    operation["security"].append({})
+                for response in operation.get("responses", {}).values():
+                    response.setdefault("headers", {})[REQUEST_ID_HEADER] = REQUEST_ID_RESPONSE_HEADER
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -196,7 +245,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+        kind = kinds.get(exc.status_code, "http_error")
         record_outcome(request, Outcome(error=kind))
         return JSONResponse(
             error_body(kind, str(exc.detail)),

@@ -144,3 +144,56 @@ def html_info(opts: ExtrasOptions, results: list[Result], blended: Result | None
     if ignored:
         parts.append(f"Ignored (not available in this service): {', '.join(ignored)}")
     return "<p>" + html.escape(", ".join(parts)) + "</p>"
+
+
+SINGLE_EXAMPLES: dict[str, Any] = {
+    "by factor": {
+        "summary": "4x with a model",
+        "value": {"image": "<base64 PNG>", "upscaler_1": "RealESRGAN_x4plus", "upscaling_resize": 4},
+    },
+    "to a size": {
+        "summary": "resize_mode 1: cover 1024 x 768 and crop",
+        "value": {
+            "image": "<base64 PNG>",
+            "resize_mode": 1,
+            "upscaling_resize_w": 1024,
+            "upscaling_resize_h": 768,
+            "upscaling_crop": True,
+            "upscaler_1": "auto",
+        },
+    },
+    "blend": {
+        "summary": "upscaler_2 mixed in at 30 %",
+        "value": {
+            "image": "<base64 PNG>",
+            "upscaler_1": "auto",
+            "upscaler_2": "Lanczos",
+            "extras_upscaler_2_visibility": 0.3,
+        },
+    },
+}
+BATCH_EXAMPLES: dict[str, Any] = {
+    "two images": {
+        "summary": "2x, two images",
+        "value": {
+            "imageList": [
+                {"data": "<base64 PNG>", "name": "a.png"},
+                {"data": "<base64 PNG>", "name": "b.png"},
+            ],
+            "upscaler_1": "auto",
+            "upscaling_resize": 2,
+        },
+    }
+}
+UPSCALERS_EXAMPLE = [
+    {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+    {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+    {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+    {
+        "name": "RealESRGAN_x4plus",
+        "model_name": "RRDBNet",
+        "model_path": "RealESRGAN_x4plus.pth",
+        "model_url": None,
+        "scale": 4.0,
+    },
+]

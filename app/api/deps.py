@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import (
+    APIKeyHeader,
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 
 from app.errors import Unauthorized
 from app.state import AppState
@@ -21,28 +26,29 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def given_key(request: Request) -> str:
-    """The key a client sent: `Authorization: Bearer <key>`, `X-API-Key: <key>`, or the password of
-    HTTP Basic auth (how A1111 clients such as webuiapi's set_auth send credentials)."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            return ""
-    return request.headers.get("x-api-key", "")
+# The three ways a client may send UPSCALER_API_KEY, as OpenAPI security schemes (Swagger's Authorize).
+bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <UPSCALER_API_KEY>`")
+header_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="`X-API-Key: <UPSCALER_API_KEY>`"
+)
+basic_scheme = HTTPBasic(
+    auto_error=False, description="any user name, the key as password (how A1111 clients send --api-auth)"
+)
 
 
-def require_api_key(request: Request, state: StateDep) -> None:
-    """With UPSCALER_API_KEY set, the client's key (see `given_key`) must match, compared in constant
-    time. Raises Unauthorized."""
+def require_api_key(
+    state: StateDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header: Annotated[str | None, Depends(header_scheme)],
+    basic: Annotated[HTTPBasicCredentials | None, Depends(basic_scheme)],
+) -> None:
+    """With UPSCALER_API_KEY set, one of the schemes must carry it (compared in constant time).
+    Raises Unauthorized. Without a key the service is open and this checks nothing."""
     if state.settings.api_key is None:
         return
     expected = state.settings.api_key.get_secret_value().encode()
-    if not hmac.compare_digest(given_key(request).encode(), expected):
+    given = [c for c in (bearer and bearer.credentials, header, basic and basic.password) if c]
+    if not any(hmac.compare_digest(c.encode(), expected) for c in given):
         raise Unauthorized(
             "missing or wrong API key (Authorization: Bearer <key>, X-API-Key, "
             "or Basic auth with the key as password)"

@@ -145,3 +145,12 @@ def test_generate_hr_scale_one_resizes_without_a_model(client: TestClient) -> No
     resp = ok(client.post("/generate", json={"image": on_grid, "hr_scale": 1.0}))
     info = resp.json()["info"]
     assert (info["upscaler"], info["fallback_reason"], info["output_size"]) == ("lanczos", None, [64, 48])
+
+
+def test_generate_lists_unimplemented_options_as_ignored(client: TestClient) -> None:
+    resp = ok(client.post("/generate", json={"image": B64, "use_face_restoration": True, "steps": 30}))
+    info = resp.json()["info"]
+    assert info["ignored"] == ["use_face_restoration"]
+    assert "use_face_restoration" not in info and info["steps"] == 30  # others are echoed
+    plain = ok(client.post("/generate", json={"image": B64, "use_face_restoration": False})).json()["info"]
+    assert "ignored" not in plain and "use_face_restoration" not in plain

@@ -23,6 +23,16 @@ from app.sizing import HiresFix
 
 router = APIRouter()
 
+# A1111 options of the upscale step this service does not have: listed in info.ignored when set.
+NOT_IMPLEMENTED = (
+    "use_face_restoration",
+    "restore_faces",
+    "face_restoration_model",
+    "gfpgan_visibility",
+    "codeformer_visibility",
+    "codeformer_weight",
+)
+
 # FastAPI describes a form model as url-encoded: this endpoint takes JSON (GenerateRequest) or
 # multipart (GenerateForm), both generated from their models; at least one image is required.
 _OPENAPI = {
@@ -30,13 +40,28 @@ _OPENAPI = {
         "required": True,
         "content": {
             "application/json": {
+                "examples": {
+                    "hires fix": {
+                        "summary": "1.5x for the second pass",
+                        "value": {
+                            "image": "<base64 PNG>",
+                            "hr_scale": 1.5,
+                            "prompt": "a lighthouse",
+                            "seed": 42,
+                        },
+                    },
+                    "to a size": {
+                        "summary": "cover 1216 x 832 and centre-crop",
+                        "value": {"images": ["<base64 PNG>"], "hr_resize_x": 1216, "hr_resize_y": 832},
+                    },
+                },
                 "schema": {
                     **GenerateRequest.model_json_schema(),
                     "anyOf": [
                         {"required": ["image"], "properties": {"image": {"type": "string", "minLength": 1}}},
                         {"required": ["images"], "properties": {"images": {"type": "array", "minItems": 1}}},
                     ],
-                }
+                },
             },
             "multipart/form-data": {"schema": {"$ref": "#/components/schemas/GenerateForm"}},
         },
@@ -116,6 +141,10 @@ def image_info(result: Result) -> dict[str, Any]:
 async def generate(
     request: Request, state: StateDep, form: Annotated[GenerateForm, Form()]
 ) -> GenerateResponse:
+    """The upscale step of a two-pass hires fix: first-pass image(s) in (base64 JSON or multipart),
+    images sized for the second pass out (PNG, sides on the latent grid of 8), with `info` saying what
+    ran. Options it accepts but does not implement (face restoration) are listed under `info.ignored`,
+    never echoed as if applied; other extra fields are echoed."""
     state.require_ready()
     t0 = time.perf_counter()
     settings = state.settings
@@ -162,8 +191,10 @@ async def generate(
             fallback_reason=first["fallback_reason"],
         ),
     )
+    extra = dict(req.model_extra or {})
+    ignored = sorted(k for k in NOT_IMPLEMENTED if extra.pop(k, None))
     info: dict[str, Any] = {
-        **dict(req.model_extra or {}),
+        **extra,
         **per_image[0],
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1),
         "hires_fix": req.hires_fix,
@@ -172,4 +203,6 @@ async def generate(
     }
     if len(per_image) > 1:
         info["images_info"] = per_image
+    if ignored:
+        info["ignored"] = ignored
     return GenerateResponse.model_validate({"images": out, "info": info})

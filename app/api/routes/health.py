@@ -13,8 +13,52 @@ from app.schemas import BackendHealth, Health, ModelHealth, QueueHealth, Ready
 router = APIRouter()
 
 
-@router.get("/health", response_model=Health)
+HEALTH_EXAMPLE = {
+    "status": "ok",
+    "ready": True,
+    "realesrgan_available": True,
+    "default_model": "rrdb-x2",
+    "fallback": "lanczos",
+    "backends": {
+        "pytorch": {
+            "available": True,
+            "version": "2.13.0",
+            "device": "cpu",
+            "precision": "fp32",
+            "reason": None,
+        },
+        "coreml": {"available": False, "version": None, "reason": "Core ML runs only on macOS"},
+    },
+    "models": [
+        {
+            "name": "RealESRGAN_x4plus",
+            "backend": "pytorch",
+            "file": "RealESRGAN_x4plus.pth",
+            "arch": "RRDBNet",
+            "scale": 4,
+            "available": True,
+            "reason": None,
+            "serving": True,
+            "tile": 256,
+            "precision": "fp32",
+            "source": "native",
+            "hyperparameters": {"scale": 4, "in_ch": 3, "out_ch": 3, "num_feat": 64, "num_block": 23},
+        }
+    ],
+    "queues": [{"device": "cpu", "in_flight": 0, "waiting": 0, "capacity": 16}],
+    "fallbacks": {},
+}
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}}},
+)
 async def health(state: StateDep) -> Health:
+    """Which backends and models can serve, and why not: always 200 while the process runs. `status`
+    is `starting` until start-up loading is done, then `ok` (a neural model can serve) or `degraded`
+    (LANCZOS only)."""
     registry, service = state.registry, state.service
     models = []
     for m in registry.models:
@@ -65,19 +109,31 @@ async def health(state: StateDep) -> Health:
     )
 
 
-@router.get("/health/live")
+@router.get(
+    "/health/live", responses={200: {"content": {"application/json": {"example": {"status": "alive"}}}}}
+)
 async def live() -> dict[str, str]:
+    """200 while the process can answer (a liveness probe)."""
     return {"status": "alive"}
 
 
 @router.get(
     "/health/ready",
     responses={
-        200: {"model": Ready, "description": "start-up loading is done"},
-        503: {"model": Ready, "description": "start-up loading is not done, or shutting down"},
+        200: {
+            "model": Ready,
+            "description": "start-up loading is done",
+            "content": {"application/json": {"example": {"ready": True, "status": "ok"}}},
+        },
+        503: {
+            "model": Ready,
+            "description": "start-up loading is not done, or shutting down",
+            "content": {"application/json": {"example": {"ready": False, "status": "starting"}}},
+        },
     },
 )
 async def ready(state: StateDep) -> JSONResponse:
+    """503 until start-up loading is done (and while draining), then 200: a readiness probe."""
     if state.draining:  # so load balancers stop sending work while in-flight requests finish
         return JSONResponse({"ready": False, "status": "draining"}, status_code=503)
     if not state.ready:

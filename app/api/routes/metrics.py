@@ -11,7 +11,13 @@ router = APIRouter()
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text exposition", "content": {"text/plain": {}}}},
+    responses={
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {"text/plain": {"example": 'upscaler_queue_depth{device="cpu"} 0.0\n'}},
+        }
+    },
 )
 async def metrics(request: Request) -> Response:
+    """Requests by route and status, inference time, queues, fallbacks, models and the memory budget."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

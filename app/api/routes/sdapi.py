@@ -8,8 +8,9 @@ import asyncio
 import base64
 import io
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from PIL import Image
 
 from app.api import a1111
@@ -20,14 +21,19 @@ from app.api.routes.upscale import outcome_of
 from app.errors import NotImplementedHere
 from app.imaging.decode import probe
 from app.middleware import record_outcome
-from app.schemas import error_responses
+from app.schemas import ErrorBody, error_responses
 from app.service import Job, Result
 from app.state import AppState
 
 router = APIRouter(prefix="/sdapi/v1")
 
 
-@router.get("/upscalers", response_model=list[a1111.UpscalerItem])
+@router.get(
+    "/upscalers",
+    dependencies=[Depends(require_api_key)],
+    response_model=list[a1111.UpscalerItem],
+    responses={200: {"content": {"application/json": {"example": a1111.UPSCALERS_EXAMPLE}}}},
+)
 async def upscalers(state: StateDep) -> list[a1111.UpscalerItem]:
     """A1111's `None`, `Lanczos` and `Nearest`, then every model that can serve now."""
     items = [a1111.UpscalerItem(name=a1111.NONE, scale=a1111.PIL_SCALE)]
@@ -92,7 +98,9 @@ async def run_extras(
     responses=error_responses(400, 401, 413, 422, 503, 504),
 )
 async def extra_single_image(
-    request: Request, state: StateDep, body: a1111.ExtraSingleImageRequest
+    request: Request,
+    state: StateDep,
+    body: Annotated[a1111.ExtraSingleImageRequest, Body(openapi_examples=a1111.SINGLE_EXAMPLES)],
 ) -> a1111.ExtraSingleImageResponse:
     """A1111's extras tab for one image."""
     images, info = await run_extras(request, state, body, [decode_b64(body.image, 0)])
@@ -106,7 +114,9 @@ async def extra_single_image(
     responses=error_responses(400, 401, 413, 422, 503, 504),
 )
 async def extra_batch_images(
-    request: Request, state: StateDep, body: a1111.ExtrasBatchImagesRequest
+    request: Request,
+    state: StateDep,
+    body: Annotated[a1111.ExtrasBatchImagesRequest, Body(openapi_examples=a1111.BATCH_EXAMPLES)],
 ) -> a1111.ExtrasBatchImagesResponse:
     """A1111's extras tab for a batch (`imageList`)."""
     state.service.check_batch(len(body.imageList))
@@ -115,8 +125,22 @@ async def extra_batch_images(
     return a1111.ExtrasBatchImagesResponse(html_info=info, images=images)
 
 
-@router.post("/txt2img", dependencies=[Depends(require_api_key)], responses=error_responses(401, 501))
-@router.post("/img2img", dependencies=[Depends(require_api_key)], responses=error_responses(401, 501))
+NOT_IMPLEMENTED_RESPONSES = {
+    **error_responses(401),
+    501: {
+        "model": ErrorBody,
+        "description": "always: this service does not generate",
+        "content": {
+            "application/json": {
+                "example": {"error": {"type": "not_implemented", "message": "... send it to POST /generate"}}
+            }
+        },
+    },
+}
+
+
+@router.post("/txt2img", dependencies=[Depends(require_api_key)], responses=NOT_IMPLEMENTED_RESPONSES)
+@router.post("/img2img", dependencies=[Depends(require_api_key)], responses=NOT_IMPLEMENTED_RESPONSES)
 async def generation() -> None:
     """A1111's generation routes: this service has no generator (501)."""
     raise NotImplementedHere(

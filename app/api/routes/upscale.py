@@ -41,7 +41,13 @@ _OPENAPI = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/UpscaleForm"}},
+            "multipart/form-data": {
+                "schema": {"$ref": "#/components/schemas/UpscaleForm"},
+                "examples": {
+                    "x4": {"summary": "4x with the default model", "value": {"scale": 4}},
+                    "to width": {"summary": "2048 px wide, JPEG", "value": {"width": 2048, "format": "jpeg"}},
+                },
+            },
             **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES},
         },
     },
@@ -141,6 +147,9 @@ async def upscale(
     query: Annotated[UpscaleOptions, Query()],
     form: Annotated[UpscaleForm, Form()],
 ) -> Response:
+    """Upscale one image: multipart (`curl -F image=@in.png -F scale=4`) or the raw image as the body
+    with options as query parameters. The answer is the image; `X-Upscaler` says which model ran
+    (`lanczos` on a fallback, with `X-Fallback-Reason`)."""
     ctype = check_media_type(request)
     state.require_ready()
     data, options = await read_upload(request, ctype, query, form)
