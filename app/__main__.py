@@ -52,6 +52,7 @@ def main() -> int:
         )
 
     from app.main import create_app
+    from app.server import header_timeout_protocol
 
     try:
         uvicorn.run(
@@ -61,6 +62,9 @@ def main() -> int:
             log_level=settings.log_level,
             access_log=False,  # app.access writes one JSON line per request instead
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+            http=header_timeout_protocol(settings.read_timeout_s),
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=5,
         )
     except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down gracefully, then re-raised SIGINT
         return 130

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # Images per /generate or batch request (413 beyond).
     max_batch: int = Field(16, ge=1, le=1000)
     request_timeout_s: float = Field(300.0, gt=0)
+    # A request body (and a connection's request headers) not fully received by then: 408, closed.
+    read_timeout_s: float = Field(30.0, gt=0)
+    # Connections served at once by `python -m app`; beyond it new ones get 503.
+    max_connections: int = Field(256, ge=1)
+    # Text chunks and the ICC profile carried to an output, each at most this many KiB in total.
+    max_metadata_kb: int = Field(1024, ge=0)
     api_key: SecretStr | None = None
     default_model: str | None = None
     coreml_compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = "ALL"

@@ -90,6 +90,12 @@ class Timeout(UpscalerError):
     type = "timeout"
 
 
+class RequestTimeout(UpscalerError):
+    """The request body did not arrive within UPSCALER_READ_TIMEOUT_S."""
+
+    type = "request_timeout"
+
+
 class NotImplementedHere(UpscalerError):
     """An endpoint of another API that this service does not provide (A1111's generation routes)."""
 
@@ -120,6 +126,7 @@ STATUS_BY_ERROR: dict[type[UpscalerError], int] = {
     NeuralUnavailable: 503,
     NotReady: 503,
     ShuttingDown: 503,
+    RequestTimeout: 408,
     ClientClosed: 499,  # nginx's code for "client closed request": nobody reads it, the access log does
     NotImplementedHere: 501,
     Timeout: 504,

@@ -54,7 +54,9 @@ def choose(
         entries = registry.named(key)
         if not entries:
             known = ", ".join(registry.names()) or "none"
-            raise InvalidParameter(f"unknown model {key!r}; known models: {known}, or 'auto' / 'lanczos'")
+            raise InvalidParameter(
+                f"unknown model {key[:200]!r}; known models: {known}, or 'auto' / 'lanczos'"
+            )
         serving = registry.serving(key)
         return Choice(serving) if serving else _unavailable(entries, f"model {key} cannot serve")
     if default_model:

@@ -162,7 +162,9 @@ def create_app(
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        UploadLimit, max_bytes=settings.max_upload_bytes, read_timeout_s=settings.read_timeout_s
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: sees every answer
     return app
 
@@ -184,6 +186,7 @@ OPENAPI_TAGS = [
     {"name": "health", "description": "what can serve (always open, also with an API key)"},
     {"name": "metrics", "description": "Prometheus text exposition"},
 ]
+BODY_PARSE_ERROR = "There was an error parsing the body"
 REQUEST_ID_PARAMETER = {
     "name": REQUEST_ID_HEADER,
     "in": "header",
@@ -239,7 +242,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        where = ".".join(str(p) for p in first.get("loc", ()))[:200] or "request"
         record_outcome(request, Outcome(error="validation_error"))
         return JSONResponse(error_body("validation_error", f"{where}: {first.get('msg')}"), status_code=422)
 
@@ -247,10 +250,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
         kind = kinds.get(exc.status_code, "http_error")
+        detail, status = str(exc.detail), exc.status_code
+        if status == 400 and detail == BODY_PARSE_ERROR:  # FastAPI's answer to any unparsable JSON
+            kind, status = "validation_error", 422
+            detail = "body: not valid JSON (malformed, or nested too deeply)"
         record_outcome(request, Outcome(error=kind))
         return JSONResponse(
-            error_body(kind, str(exc.detail)),
-            status_code=exc.status_code,
+            error_body(kind, detail),
+            status_code=status,
             headers=getattr(exc, "headers", None),
         )
 

@@ -7,18 +7,34 @@ high side: a refused request costs a retry with a smaller image; an exhausted ma
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from app.backends.base import ModelEntry
+from app.errors import ImageTooLarge, Overloaded
 
 MIB = 1024 * 1024
 FLOAT32 = 4
-# Colour plus alpha: the header does not say which the image has, so count the larger.
-CHANNELS = 4
+# Bytes alive per sample (one channel of one pixel) at the peak of each stage, measured on this
+# pipeline (tests/unit/test_memory_estimate.py runs every mode and bit depth and checks the estimate
+# is never below the peak RSS): decoding holds the file, Pillow's or pypng's buffers and our arrays;
+# the Pillow LANCZOS path of 8-bit images holds the resized image, its array copy and the encoder's;
+# the float path (16-bit images, and every model output) holds float32 planes, their quantised copy,
+# the assembled picture and the encoder's rows.
+SOURCE_BYTES = {8: 12, 16: 24}
+TARGET_BYTES_PILLOW = 12
+TARGET_BYTES_FLOAT = 24
 # Activation values per input pixel at the peak of one forward, for runners whose model has no
 # descriptor (stubs): an RRDBNet x4 with num_feat 64 (three 64-channel maps at 16x the pixels).
 DEFAULT_ACTIVATIONS_PER_PIXEL = 3 * 64 * 16
+# What a forward really takes beyond the descriptor's activation count: the allocator's rounding, the
+# convolution workspaces and the temporaries of concatenations (measured: up to 1.3x on CPU).
+ACTIVATION_OVERHEAD = 1.5
 AUTO_FRACTION = 0.5  # of the machine's (or container's) memory, when UPSCALER_MEMORY_BUDGET_MB is 0
 UNKNOWN_TOTAL = 8 * 1024 * MIB  # assumed when the total cannot be read (no /proc, no sysconf)
 
@@ -33,18 +49,24 @@ def estimate_bytes(
     tile: int | None,
     pad: int,
     max_pixels: int,
+    planes: int = 4,
+    bit_depth: int = 16,
+    data_bytes: int = 0,
 ) -> int:
-    """Peak bytes to upscale a `width` x `height` image to `target` (w, h) with `entry` (None: LANCZOS).
+    """Peak bytes to upscale a `width` x `height` image of `planes` channels (1-4, alpha included) and
+    `bit_depth` to `target` (w, h) with `entry` (None: LANCZOS), from the header alone.
 
-    Follows engine.run_model's passes: each holds its float32 input and output buffers plus one tile's
-    activations (on the host; on CUDA they live in device memory, guarded by the smaller-tile retries);
-    the finish holds the last pass's output and the float32 target-size buffer.
+    Follows the pipeline: the upload and the decoded image stay alive throughout; each model pass
+    holds its float32 input and output plus one tile's activations (on the host; on CUDA they live in
+    device memory, guarded by the smaller-tile retries); the finish resizes, quantises and encodes.
     """
-    source = width * height * CHANNELS * 2  # decoded pixels, up to 16 bits, alive throughout
-    target_buf = target[0] * target[1] * CHANNELS * FLOAT32
+    samples_in = width * height * planes
+    samples_out = target[0] * target[1] * planes
+    source = data_bytes + samples_in * SOURCE_BYTES[16 if bit_depth == 16 else 8]
     runner = entry.runner if entry is not None else None
     if runner is None:
-        return source + width * height * CHANNELS * FLOAT32 + target_buf
+        per_out = TARGET_BYTES_PILLOW if bit_depth == 8 else TARGET_BYTES_FLOAT
+        return source + samples_out * per_out
     s = runner.scale
     side = runner.default_tile if tile is None else tile
     precision = getattr(runner, "precision", "fp32")
@@ -58,12 +80,13 @@ def estimate_bytes(
         tile_px = w * h if whole else (min(side, w) + 2 * pad) * (min(side, h) + 2 * pad)
         if per_px is None:  # scaled to the runner's factor: the published nets' head at that scale
             per_px = DEFAULT_ACTIVATIONS_PER_PIXEL * s * s // 16
-        activations = tile_px * per_px * elem if on_host else 0
-        peak = max(peak, (w * h + w * h * s * s) * CHANNELS * FLOAT32 + activations)
+        activations = int(tile_px * per_px * elem * ACTIVATION_OVERHEAD) if on_host else 0
+        # A gray image runs through a colour model as three planes.
+        peak = max(peak, (w * h + w * h * s * s) * max(planes, 3) * FLOAT32 + activations)
         w, h, total = w * s, h * s, total * s
         if total >= factor - 1e-6 or s == 1 or w * h * s * s > max_pixels:
             break
-    finish = w * h * CHANNELS * FLOAT32 + target_buf
+    finish = w * h * planes * FLOAT32 + samples_out * TARGET_BYTES_FLOAT
     return source + max(peak, finish)
 
 
@@ -108,3 +131,69 @@ def budget_bytes(budget_mb: float, total: int | None = None) -> int:
         return int(budget_mb * MIB)
     total = total if total is not None else total_memory_bytes()
     return int((total or UNKNOWN_TOTAL) * AUTO_FRACTION)
+
+
+class MemoryBudget:
+    """One memory budget for the whole process: every request reserves its estimate before it decodes
+    and gives it back when its response is built. A request larger than the whole budget is refused
+    (413); one that does not fit now waits, with at most `max_waiting` others, until memory is given
+    back or its deadline passes (503 overloaded with Retry-After either way)."""
+
+    def __init__(self, total: int, max_waiting: int) -> None:
+        self.total = total
+        self.max_waiting = max_waiting
+        self.reserved = 0
+        self.waiting = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, need: int, deadline: float, what: str) -> AsyncIterator[Reservation]:
+        """Hold `need` bytes for the body of the `async with`, and beyond it for work the body left
+        running (`Reservation.outlive`). Raises ImageTooLarge and Overloaded."""
+        if need > self.total:
+            raise ImageTooLarge(
+                f"{what} needs about {need / MIB:.1f} MiB; the memory budget is {self.total / MIB:.1f} MiB "
+                "(UPSCALER_MEMORY_BUDGET_MB)"
+            )
+        async with self._changed:
+            if self.reserved + need > self.total:
+                if self.waiting >= self.max_waiting:
+                    raise Overloaded("the memory budget is taken by requests in flight; retry shortly", 2)
+                self.waiting += 1
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.reserved + need <= self.total),
+                        timeout=max(0.0, deadline - time.monotonic()),
+                    )
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise Overloaded(
+                        "the memory budget stayed taken until the request's deadline", 2
+                    ) from None
+                finally:
+                    self.waiting -= 1
+            self.reserved += need
+        reservation = Reservation()
+        try:
+            yield reservation
+        finally:
+            pending = [f for f in reservation.running if not f.done()]
+            if pending:  # abandoned work still holds its memory: give it back when the work ends
+                gathered = asyncio.gather(*pending, return_exceptions=True)
+                gathered.add_done_callback(lambda _: asyncio.ensure_future(self._release(need)))
+            else:
+                await self._release(need)
+
+    async def _release(self, need: int) -> None:
+        async with self._changed:
+            self.reserved -= need
+            self._changed.notify_all()
+
+
+class Reservation:
+    """A request's hold on the budget; work it abandons (a timed-out stage) keeps the hold alive."""
+
+    def __init__(self) -> None:
+        self.running: list[asyncio.Future[Any]] = []
+
+    def outlive(self, future: asyncio.Future[Any]) -> None:
+        self.running.append(future)

@@ -30,6 +30,7 @@ EXPOSED_HEADERS = [
     "X-Upscaler",
     "X-Upscale-Backend",
     "X-Fallback-Reason",
+    "X-Metadata-Dropped",
     "X-Input-Size",
     "X-Output-Size",
     "X-Processing-Ms",

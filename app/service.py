@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -24,18 +25,20 @@ from app.backends.registry import Registry
 from app.config import Settings
 from app.engine import run_model
 from app.errors import (
+    Cancelled,
     ImageTooLarge,
     InvalidParameter,
     ModelFailed,
     NeuralUnavailable,
     OutOfMemory,
     PayloadTooLarge,
+    Timeout,
 )
 from app.fallback import LANCZOS, NEAREST, Choice, choose
 from app.imaging.decode import DecodedImage, Header, decode, probe
-from app.imaging.encode import MEDIA_TYPES, encode, output_format
+from app.imaging.encode import MEDIA_TYPES, cap_metadata, encode, output_format
 from app.imaging.pixels import Picture, compose, resize_array, to_unit_float
-from app.memory import MIB, budget_bytes, estimate_bytes
+from app.memory import MemoryBudget, Reservation, budget_bytes, estimate_bytes
 from app.scheduler import DeviceQueue
 from app.sizing import ScaleTo, Sizing, Target, target_for
 
@@ -44,7 +47,8 @@ log = logging.getLogger("app.service")
 InferenceHook = Callable[[str, str, float], None]
 """Called on the device thread after each model run: (model name, backend, seconds)."""
 
-NATIVE_PROBE_FACTOR = 2.0  # the factor a request that names no size is chosen for
+NATIVE_PROBE_FACTOR = 2.0
+T = TypeVar("T")  # the factor a request that names no size is chosen for
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,35 @@ class Job:
     format: str | None = None
     quality: int | None = None
     header: Header | None = None
+
+
+class Stages:
+    """Runs a request's blocking steps off the event loop, each within what is left of its deadline.
+    A step still running at the deadline is abandoned (504) and the ones after it never start; its
+    memory stays reserved until it really ends. A cancelled request (client gone) starts no step."""
+
+    def __init__(self, held: Reservation, deadline: float, cancel: threading.Event) -> None:
+        self.held = held
+        self.deadline = deadline
+        self.cancel = cancel
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.cancel.is_set():
+            raise Cancelled()
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("the request timeout passed before its work was done")
+        future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=left)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.cancel.set()
+            self.held.outlive(future)
+            raise Timeout(f"no result within the request timeout ({left:.1f}s left)") from None
+        except asyncio.CancelledError:
+            self.cancel.set()
+            self.held.outlive(future)
+            raise
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,7 @@ class Result:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     elapsed_ms: float
+    metadata_dropped: tuple[str, ...] = ()
 
 
 class UpscaleService:
@@ -99,6 +133,7 @@ class UpscaleService:
         self.registry = registry
         self.queues = queues
         self.memory_budget = budget_bytes(settings.memory_budget_mb)
+        self.budget = MemoryBudget(self.memory_budget, settings.queue_size)
         self.on_inference = on_inference
         self.fallbacks: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
@@ -139,26 +174,22 @@ class UpscaleService:
         if count > limit:
             raise PayloadTooLarge(f"{count} images in one request; the limit is {limit} (UPSCALER_MAX_BATCH)")
 
-    def check_memory(self, w: int, h: int, target: Target, entry: ModelEntry | None) -> int:
-        """The estimated peak bytes of this request; raises ImageTooLarge beyond the memory budget."""
+    def estimate(self, header: Header, target: Target, entry: ModelEntry | None) -> int:
+        """The estimated peak bytes of this request, from the header alone."""
         s = self.settings
-        need = estimate_bytes(
-            w,
-            h,
+        return estimate_bytes(
+            header.width,
+            header.height,
             (target.width, target.height),
             target.factor,
             entry,
             tile=s.tile,
             pad=s.tile_pad,
             max_pixels=s.max_output_pixels,
+            planes=header.planes,
+            bit_depth=header.bit_depth,
+            data_bytes=len(header.data),
         )
-        if need > self.memory_budget:
-            how = entry.name if entry is not None else LANCZOS
-            raise ImageTooLarge(
-                f"{w}x{h} -> {target.width}x{target.height} with {how} needs about {need / MIB:.1f} MiB; "
-                f"the memory budget is {self.memory_budget / MIB:.1f} MiB (UPSCALER_MEMORY_BUDGET_MB)"
-            )
-        return need
 
     # -- the pipeline -----------------------------------------------------------------------------
     def plan(self, job: Job) -> Plan:
@@ -182,8 +213,7 @@ class UpscaleService:
         out_format = output_format(job.format, header.format)
         if choice.entry is None and choice.reason not in (None, DISABLED_BY_REQUEST) and not job.fallback:
             raise NeuralUnavailable(f"no neural model can serve: {choice.detail}", choice.reason or "")
-        need = self.check_memory(w, h, target, choice.entry)
-        return Plan(header, target, out_format, choice, need)
+        return Plan(header, target, out_format, choice, self.estimate(header, target, choice.entry))
 
     async def upscale(
         self, job: Job, *, deadline: float | None = None, cancel: threading.Event | None = None
@@ -193,11 +223,22 @@ class UpscaleService:
         t0 = time.perf_counter()
         deadline = deadline or (time.monotonic() + self.settings.request_timeout_s)
         plan = self.plan(job)
-        decoded = await asyncio.to_thread(decode, plan.header)
+        how = plan.choice.entry.name if plan.choice.entry else LANCZOS
+        what = (
+            f"{plan.header.width}x{plan.header.height} -> {plan.target.width}x{plan.target.height} with {how}"
+        )
+        async with self.budget.reserve(plan.memory_bytes, deadline, what) as held:
+            stages = Stages(held, deadline, cancel or threading.Event())
+            return await self._run(job, plan, t0, stages)
+
+    async def _run(self, job: Job, plan: Plan, t0: float, stages: Stages) -> Result:
+        """decode -> run (model or LANCZOS) -> finish -> encode, inside the request's memory reservation;
+        every step bounded by the request's deadline."""
+        decoded = await stages.run(decode, plan.header)
         choice, picture = plan.choice, None
         if choice.entry is not None:
             try:
-                picture = await self._neural(decoded, choice.entry, plan.target, deadline, cancel)
+                picture = await self._neural(decoded, choice.entry, plan.target, stages)
             except (OutOfMemory, ModelFailed) as exc:
                 reason = OUT_OF_MEMORY if isinstance(exc, OutOfMemory) else MODEL_ERROR
                 if not job.fallback:
@@ -208,15 +249,23 @@ class UpscaleService:
             self.record_fallback(job.model or "auto", choice.reason, choice.detail)
         nearest = choice.entry is None and (job.model or "").strip().lower() == NEAREST
         if picture is None:
-            picture = await asyncio.to_thread(self._resize, decoded, plan.target, nearest)
-        encoded = await asyncio.to_thread(
+            picture = await stages.run(self._resize, decoded, plan.target, nearest)
+        text, icc, dropped = cap_metadata(
+            decoded.text, decoded.icc_profile, self.settings.max_metadata_kb * 1024
+        )
+        if dropped:
+            log.info(
+                "metadata over UPSCALER_MAX_METADATA_KB not carried to the output: %s",
+                ", ".join(dropped)[:500],
+            )
+        encoded = await stages.run(
             encode,
             picture,
             plan.out_format,
             quality=job.quality,
             png_level=self.settings.png_compress_level,
-            icc_profile=decoded.icc_profile,
-            text=decoded.text,
+            icc_profile=icc,
+            text=text,
         )
         used = choice.entry
         return Result(
@@ -228,23 +277,19 @@ class UpscaleService:
             input_size=(plan.header.width, plan.header.height),
             output_size=plan.target.output_size,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0,
+            metadata_dropped=tuple(dropped),
         )
 
     async def _neural(
-        self,
-        decoded: DecodedImage,
-        entry: ModelEntry,
-        target: Target,
-        deadline: float,
-        cancel: threading.Event | None = None,
+        self, decoded: DecodedImage, entry: ModelEntry, target: Target, stages: Stages
     ) -> Picture:
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
         upscaled = await self.queue_for(device).run(
             lambda flag: self._passes(decoded.pixels, entry, target, flag),
-            timeout_s=deadline - time.monotonic(),
-            cancel=cancel,
+            timeout_s=stages.deadline - time.monotonic(),
+            cancel=stages.cancel,
         )
-        return await asyncio.to_thread(self._finish, upscaled, decoded, target)
+        return await stages.run(self._finish, upscaled, decoded, target)
 
     def _passes(
         self, pixels: np.ndarray, entry: ModelEntry, target: Target, cancel: threading.Event

@@ -55,6 +55,27 @@ class Header:
     orientation: int = 1
     data: bytes = field(default=b"", repr=False, compare=False)
     opened: Image.Image | None = field(default=None, repr=False, compare=False)
+    planes: int = field(default=4, compare=False)  # 1 gray, 2 gray + alpha, 3 colour, 4 colour + alpha
+    bit_depth: int = field(default=8, compare=False)  # of the decoded samples: 8 or 16
+
+
+_PLANES = {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "La": 2, "PA": 4, "RGBA": 4, "RGBa": 4}
+
+
+def layout(img: Image.Image, data: bytes) -> tuple[int, int]:
+    """(planes, bit depth) the decoded image will have, from what open() read (no pixels)."""
+    mode = img.mode
+    if png16.needs_pypng(data, img):
+        planes = {0: 2, 2: 3, 4: 2, 6: 4}.get(data[25], 4) + (data[25] == 2 and "transparency" in img.info)
+        return planes, 16
+    if mode.startswith("I;16") or mode == "I":
+        return 1, 16
+    planes = _PLANES.get(mode, 3)
+    if "transparency" in img.info and planes in (1, 3):
+        planes += 1
+    if mode == "P":
+        planes = 4 if "transparency" in img.info else 3
+    return planes, 8
 
 
 @dataclass
@@ -122,7 +143,8 @@ def probe(data: bytes, max_pixels: int) -> Header:
     orientation = _orientation(img)
     if orientation >= 5:
         w, h = h, w
-    return Header(fmt, w, h, orientation, data, img)
+    planes, bit_depth = layout(img, data)
+    return Header(fmt, w, h, orientation, data, img, planes, bit_depth)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:

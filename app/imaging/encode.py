@@ -19,12 +19,34 @@ _MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
 _PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
+def cap_metadata(
+    text: dict[str, str], icc: bytes | None, limit_bytes: int
+) -> tuple[dict[str, str], bytes | None, list[str]]:
+    """The text chunks (in order, while their total stays within `limit_bytes`) and the ICC profile
+    (when within `limit_bytes`) an output may carry, and the names of what is dropped: `text:<key>`
+    for each chunk, `icc` for the profile."""
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    total = 0
+    for key, value in text.items():
+        size = len(key.encode("utf-8", "replace")) + len(value.encode("utf-8", "replace"))
+        if total + size <= limit_bytes:
+            kept[key] = value
+            total += size
+        else:
+            dropped.append(f"text:{key}")
+    if icc is not None and len(icc) > limit_bytes:
+        dropped.append("icc")
+        icc = None
+    return kept, icc, dropped
+
+
 def output_format(requested: str | None, source_format: str) -> str:
     """The Pillow format name to encode to. Raises InvalidParameter for an unknown `format`."""
     if requested:
         key = requested.strip().lower()
         if key not in OUTPUT_FORMATS:
-            raise InvalidParameter(f"format must be png, jpeg or webp, not {requested!r}")
+            raise InvalidParameter(f"format must be png, jpeg or webp, not {requested[:200]!r}")
         return OUTPUT_FORMATS[key]
     source_format = FORMAT_ALIASES.get(source_format, source_format)
     return source_format if source_format in MEDIA_TYPES else "PNG"

@@ -99,7 +99,9 @@ async def read_request(request: Request, form: GenerateForm) -> tuple[GenerateRe
         try:
             payload = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValidationFailed(f"body is not valid JSON: {exc}") from None
+            raise ValidationFailed(f"body is not valid JSON: {str(exc)[:200]}") from None
+        except RecursionError:
+            raise ValidationFailed("body: JSON nested too deeply") from None
         if not isinstance(payload, dict):
             raise ValidationFailed("body must be a JSON object")
         images = []

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from app.api.deps import StateDep, require_api_key
 from app.api.disconnect import cancel_on_disconnect
 from app.api.uploads import media_type, upload_bytes
-from app.errors import UnsupportedMediaType, ValidationFailed
+from app.errors import InvalidImage, UnsupportedMediaType, ValidationFailed
 from app.middleware import Outcome, record_outcome
 from app.schemas import UpscaleForm, UpscaleOptions, error_responses
 from app.service import Job, Result
@@ -34,6 +34,7 @@ RESULT_HEADERS = {
     "X-Output-Size": "`WxH`",
     "X-Processing-Ms": "milliseconds spent on the request",
     "X-Fallback-Reason": "only on a fallback to LANCZOS: why",
+    "X-Metadata-Dropped": "only when metadata over UPSCALER_MAX_METADATA_KB was left out: text:<key>, icc",
 }
 # FastAPI describes a form model as url-encoded; this endpoint takes multipart (its schema is the
 # generated UpscaleForm) or the raw image, and answers with image bytes and the result headers.
@@ -58,7 +59,7 @@ _OPENAPI = {
             "headers": {
                 name: {
                     "description": text,
-                    "required": name != "X-Fallback-Reason",
+                    "required": name not in ("X-Fallback-Reason", "X-Metadata-Dropped"),
                     "schema": {"type": "string"},
                 }
                 for name, text in RESULT_HEADERS.items()
@@ -78,6 +79,10 @@ def result_headers(result: Result) -> dict[str, str]:
     }
     if result.fallback_reason:
         headers["X-Fallback-Reason"] = result.fallback_reason
+    if result.metadata_dropped:
+        names = ", ".join(result.metadata_dropped)
+        more = f" (+{len(names) - 300} characters)" if len(names) > 300 else ""
+        headers["X-Metadata-Dropped"] = names[:300].encode("latin-1", "replace").decode("latin-1") + more
     return headers
 
 
@@ -121,6 +126,8 @@ async def read_upload(
     """The image bytes and the options (form fields over query parameters). Raises InvalidImage (no
     `image` part) and ValidationFailed (an unknown text field)."""
     if ctype == "multipart/form-data":
+        if len((await request.form()).getlist("image")) > 1:  # parsed once already: starlette caches it
+            raise InvalidImage("send one part named 'image' (POST /generate takes several images)")
         unknown = [k for k, v in (form.model_extra or {}).items() if isinstance(v, str)]
         if unknown:
             raise ValidationFailed(f"{unknown[0][:100]}: Extra inputs are not permitted")
