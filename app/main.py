@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -279,4 +281,37 @@ def __getattr__(name: str) -> FastAPI:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     built = create_app()
     globals()["app"] = built
+    stop_uvicorn_cleanly_on_sigterm()
     return built
+
+
+def stop_uvicorn_cleanly_on_sigterm() -> None:
+    """Under `uvicorn app.main:app`, SIGTERM drains exactly as under `python -m app` and exits 0.
+
+    uvicorn records the signal it handled and, once its graceful shutdown (and our lifespan's drain)
+    is done, restores the handler it found and raises the signal again: with the default handler the
+    process ends by the signal (exit 143) and a supervisor counts a clean stop as a crash. uvicorn
+    loads the app before it installs its handlers, so the handler it will find and restore is this
+    one, which ends the process with 0 as python -m app's does. (Should a uvicorn load the app with
+    its own handler already installed, that handler is asked to stop the server without recording.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    if handler == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+    elif (
+        server is not None
+        and type(server).__module__.startswith("uvicorn")
+        and hasattr(server, "should_exit")
+    ):
+
+        def stop(sig: int, frame: object) -> None:
+            server.should_exit = True
+
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _exit_cleanly(sig: int, frame: object) -> None:
+    raise SystemExit(0)

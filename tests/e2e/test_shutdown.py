@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import threading
 import time
@@ -155,3 +156,63 @@ def test_e2e_sigterm_finishes_in_flight_request_then_exits_0(slow_weights: Path,
     assert served and served[0]["status"] == 200 and served[0]["upscaler"] == "slow-x4"
     # The answer went out after shutdown began, not before.
     assert text.index("Shutting down") < text.index('"request_id":"in-flight"'), text
+
+
+@pytest.mark.slow
+def test_e2e_uvicorn_cli_drains_on_sigterm_and_exits_0(slow_weights: Path, tmp_path: Path) -> None:
+    """`uvicorn app.main:app` as SPEC.md documents it: the request in flight finishes, exit code 0."""
+    import subprocess
+    import sys
+
+    from scripts.localserver import free_port
+    from tests.support.paths import ROOT
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "UPSCALER_WEIGHTS_DIR": str(slow_weights),
+        "UPSCALER_THREADS": "1",
+        "UPSCALER_SHUTDOWN_GRACE_S": "120",
+    }
+    log = (tmp_path / "uvicorn.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        answers: list[httpx.Response] = []
+        worker = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{url}/upscale",
+                    files={"image": ("big.png", png_bytes(gradient_image(320, 320)), "image/png")},
+                    data={"scale": "4"},
+                    timeout=300,
+                )
+            )
+        )
+        worker.start()
+        for _ in range(600):
+            queues = ok(httpx.get(f"{url}/health", timeout=10)).json()["queues"]
+            if queues and queues[0]["in_flight"] == 1:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(300)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert answers and answers[0].status_code == 200, (tmp_path / "uvicorn.log").read_text()
