@@ -41,6 +41,7 @@ from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
+from scripts.rss import PeakRSS  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Random-weight nets of the published shapes: RealESRGAN_x4plus / x2plus, realesr-animevideov3 and
@@ -52,35 +53,6 @@ SHAPES = {
     "general-x4v3": compact.descriptor(3, 3, 4, 64, 32),
 }
 FAMILIES = {"RRDBNet": rrdbnet, "SRVGGNetCompact": compact}
-
-
-def rss_mb(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class PeakRSS:
-    """Samples a process's RSS every 10 ms while active; `.peak` in MB."""
-
-    def __init__(self, pid: int | str = "self") -> None:
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = rss_mb(self.pid)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, rss_mb(self.pid))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def timed(fn: Callable[[], object], pid: int | str = "self") -> tuple[float, float]:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.localserver import local_server  # noqa: E402
+from scripts.rss import PeakRSS, rss_mb  # noqa: E402
 
 MB = 1024 * 1024
 # Room for one 4096² 16-bit RGBA -> 8192² request at a time (its estimate is about 8 GB).
@@ -52,38 +53,6 @@ SETTINGS = {
     "UPSCALER_SHUTDOWN_GRACE_S": "30",
     "UPSCALER_LOG_LEVEL": "warning",
 }
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class Peak:
-    """Samples the server's RSS every 5 ms while a case runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-
-    def __enter__(self) -> Peak:
-        self.peak = rss_mb(self.pid)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except (OSError, ValueError):
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # -- hostile inputs -----------------------------------------------------------------------------------
@@ -409,7 +378,7 @@ def run(url: str, pid: int, proc: object | None) -> int:
     for name, case in cases(url).items():
         before = rss_mb(pid)
         t0 = time.monotonic()
-        with Peak(pid) as peak:
+        with PeakRSS(pid) as peak:
             try:
                 outcome = case()
             except Exception as exc:  # a case that could not complete is a failure, not a crash
@@ -432,7 +401,7 @@ def run(url: str, pid: int, proc: object | None) -> int:
             failed.append(f"{name}: {outcome.statuses} {outcome.note}")
     if proc is not None:
         before = rss_mb(pid)
-        with Peak(pid) as peak:
+        with PeakRSS(pid) as peak:
             outcome, seconds = sigterm_under_load(url, proc)
         rows.append(
             [

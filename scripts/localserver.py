@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,27 @@ class LocalServer:
         return self.log_path.read_text(errors="replace")
 
 
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], startup_s: float, log: Callable[[], str] = lambda: ""
+) -> None:
+    """Return once `url`/health/ready answers 200. Raises RuntimeError (with `log()`) when the process
+    exits or is not ready within `startup_s`."""
+    import httpx2 as httpx
+
+    deadline = time.monotonic() + startup_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}):\n{log()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready in {startup_s:.0f} s:\n{log()}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 @contextmanager
 def local_server(
     weights_dir: Path, log_path: Path, env: dict[str, str] | None = None, startup_s: float = 120
@@ -39,7 +60,6 @@ def local_server(
 
     Raises RuntimeError, with the server's log, when it exits or is not ready within `startup_s`.
     """
-    import httpx2 as httpx
 
     port = free_port()
     full_env = {
@@ -56,18 +76,7 @@ def local_server(
         )
     server = LocalServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}):\n{server.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready in {startup_s:.0f} s:\n{server.log()}")
-            try:
-                if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_ready(server.url, proc, startup_s, server.log)
         yield server
     finally:
         if proc.poll() is None:

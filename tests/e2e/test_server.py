@@ -93,9 +93,8 @@ def test_e2e_uvicorn_app_main_app_serves(weights_dir: Path, tmp_path: Path) -> N
     """`uvicorn app.main:app` builds the app from the environment when uvicorn asks for it."""
     import subprocess
     import sys
-    import time
 
-    from scripts.localserver import free_port
+    from scripts.localserver import free_port, wait_ready
     from tests.support.paths import ROOT
 
     port = free_port()
@@ -108,14 +107,7 @@ def test_e2e_uvicorn_app_main_app_serves(weights_dir: Path, tmp_path: Path) -> N
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                resp = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
-                if resp.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}", proc, 60)
         health = httpx.get(f"http://127.0.0.1:{port}/health")
         assert health.status_code == 200 and health.json()["default_model"] == "tiny-x2"
         resp = httpx.post(

@@ -164,7 +164,7 @@ def test_e2e_uvicorn_cli_drains_on_sigterm_and_exits_0(slow_weights: Path, tmp_p
     import subprocess
     import sys
 
-    from scripts.localserver import free_port
+    from scripts.localserver import free_port, wait_ready
     from tests.support.paths import ROOT
 
     port = free_port()
@@ -184,13 +184,7 @@ def test_e2e_uvicorn_cli_drains_on_sigterm_and_exits_0(slow_weights: Path, tmp_p
         stderr=subprocess.STDOUT,
     )
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(url, proc, 60)
         answers: list[httpx.Response] = []
         worker = threading.Thread(
             target=lambda: answers.append(
