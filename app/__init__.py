@@ -1,1 +1,2 @@
-"""Image-upscaling service: RRDBNet (ESRGAN / Real-ESRGAN) and Core ML models, LANCZOS fallback."""
+"""Image-upscaling service: ESRGAN / Real-ESRGAN families (and spandrel's), ncnn files and Core ML
+models, with an honest LANCZOS fallback."""

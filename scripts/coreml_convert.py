@@ -125,6 +125,7 @@ def package_metadata(
         "arch": desc.family,
         "scale": str(desc.scale),
         "hyperparameters": json.dumps(desc.health(), sort_keys=True),
+        "activations_per_pixel": str(desc.activations_per_pixel),
         "tile_sizes": format_shapes(shapes),
         "shape_mode": "fixed" if len(shapes) == 1 else "enumerated",
         "precision": precision,

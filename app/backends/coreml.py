@@ -1,4 +1,4 @@
-"""Core ML backend: `.mlpackage` / `.mlmodel` files converted from RRDBNet checkpoints.
+"""Core ML backend: `.mlpackage` / `.mlmodel` files converted by scripts/convert_coreml.py.
 
 Prediction exists only on macOS. Elsewhere (or without coremltools) every Core ML file is listed as
 unavailable with the reason, and requests for it fall back. A package has a fixed input shape or a few
@@ -52,7 +52,7 @@ Opener = Callable[[Path, str], tuple[Predict, Any]]
 class _ImportNotes(logging.Filter):
     """Drops two notes coremltools logs while it is imported, each handled by this project instead:
     - its torch-version check ("Torch version X has not been tested with coremltools"): the torch /
-      coremltools pair the service installs is verified by tests/test_coreml_convert.py (see README),
+      coremltools pair the service installs is verified by tests/unit/test_coreml_convert.py (see README),
       so the note is replaced by one INFO line that says so;
     - off macOS, "Failed to load _ML...Proxy: No module named 'coremltools.libcoremlpython'" (one per
       native class): the prediction library exists only on macOS, which /health already reports."""
@@ -212,7 +212,11 @@ def describe(spec: Any) -> tuple[ModelDescriptor, dict[str, str]]:
         for k, v in hp.items()
         if k not in ("scale", "in_ch", "out_ch") and isinstance(v, (int, float, str))
     }
-    num_feat = int(hp.get("num_feat", 0)) or DEFAULT_FEATURES
+    # The converter writes the descriptor's activation count; packages from before it did, the
+    # published RRDBNets' (three num_feat maps at the head's resolution).
+    activations = int(user.get("activations_per_pixel") or 0) or (
+        3 * (int(hp.get("num_feat", 0)) or DEFAULT_FEATURES) * scale * scale
+    )
     desc = ModelDescriptor(
         family=meta.get("arch", "unknown"),
         scale=scale,
@@ -220,7 +224,7 @@ def describe(spec: Any) -> tuple[ModelDescriptor, dict[str, str]]:
         out_ch=int(hp.get("out_ch", 0)) or channels,
         hyperparameters=hyper,
         size_multiple=int(hp.get("unshuffle", 0)) or UNSHUFFLE_BY_SCALE.get(scale, 1),
-        activations_per_pixel=3 * num_feat * scale * scale,
+        activations_per_pixel=activations,
         source="coreml",
     )
     return desc, meta
