@@ -78,7 +78,7 @@ def load_models(state: AppState) -> None:
         log.info("ready: neural models %s; default %s", ", ".join(names), state.service.default_model())
     else:
         log.warning("ready in LANCZOS mode: no neural model can serve (see /health for the reasons)")
-    log.info("memory budget per request: %.0f MiB", state.service.memory_budget / MIB)
+    log.info("memory budget, shared by the requests in flight: %.0f MiB", state.service.budget.total / MIB)
 
 
 async def drain(state: AppState) -> None:

@@ -157,5 +157,5 @@ class StateCollector(Collector):
             "upscaler_memory_budget_bytes",
             "Estimated memory a request may need before it is refused (413 image_too_large)",
         )
-        budget.add_metric([], float(service.memory_budget))
+        budget.add_metric([], float(service.budget.total))
         yield budget

@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +58,21 @@ class Outcome:
     backend: str | None = None
     fallback_reason: str | None = None
     error: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        upscaler: str | None,
+        backend: str | None,
+        fallback_reason: str | None,
+        input_size: Sequence[int],
+        output_size: Sequence[int],
+    ) -> Outcome:
+        """An upscale's outcome, sizes as (width, height)."""
+        w, h = input_size
+        ow, oh = output_size
+        return cls(f"{w}x{h}", f"{ow}x{oh}", upscaler, backend, fallback_reason)
 
 
 def record_outcome(request: Request, outcome: Outcome) -> None:

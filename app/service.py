@@ -132,8 +132,7 @@ class UpscaleService:
         self.settings = settings
         self.registry = registry
         self.queues = queues
-        self.memory_budget = budget_bytes(settings.memory_budget_mb)
-        self.budget = MemoryBudget(self.memory_budget, settings.queue_size)
+        self.budget = MemoryBudget(budget_bytes(settings.memory_budget_mb), settings.queue_size)
         self.on_inference = on_inference
         self.fallbacks: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()

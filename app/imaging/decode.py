@@ -57,25 +57,26 @@ class Header:
     opened: Image.Image | None = field(default=None, repr=False, compare=False)
     planes: int = field(default=4, compare=False)  # 1 gray, 2 gray + alpha, 3 colour, 4 colour + alpha
     bit_depth: int = field(default=8, compare=False)  # of the decoded samples: 8 or 16
+    pypng: bool = field(default=False, compare=False)  # a 16-bit PNG Pillow would narrow: read by pypng
 
 
 _PLANES = {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "La": 2, "PA": 4, "RGBA": 4, "RGBa": 4}
 
 
-def layout(img: Image.Image, data: bytes) -> tuple[int, int]:
-    """(planes, bit depth) the decoded image will have, from what open() read (no pixels)."""
+def layout(img: Image.Image, data: bytes) -> tuple[int, int, bool]:
+    """(planes, bit depth, read by pypng) of the decoded image, from what open() read (no pixels)."""
     mode = img.mode
     if png16.needs_pypng(data, img):
         planes = {0: 2, 2: 3, 4: 2, 6: 4}.get(data[25], 4) + (data[25] == 2 and "transparency" in img.info)
-        return planes, 16
+        return planes, 16, True
     if mode.startswith("I;16") or mode == "I":
-        return 1, 16
+        return 1, 16, False
     planes = _PLANES.get(mode, 3)
     if "transparency" in img.info and planes in (1, 3):
         planes += 1
     if mode == "P":
         planes = 4 if "transparency" in img.info else 3
-    return planes, 8
+    return planes, 8, False
 
 
 @dataclass
@@ -143,8 +144,8 @@ def probe(data: bytes, max_pixels: int) -> Header:
     orientation = _orientation(img)
     if orientation >= 5:
         w, h = h, w
-    planes, bit_depth = layout(img, data)
-    return Header(fmt, w, h, orientation, data, img, planes, bit_depth)
+    planes, bit_depth, pypng = layout(img, data)
+    return Header(fmt, w, h, orientation, data, img, planes, bit_depth, pypng)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -177,13 +178,15 @@ def _png_text(img: Image.Image, orientation: int) -> dict[str, str]:
 def decode(header: Header) -> DecodedImage:
     """Decode, orient and normalise the image `header` was probed from (the same opened file, parsed
     once). Raises InvalidImage / UnsupportedMediaType."""
-    img = header.opened if header.opened is not None else _open(header.data)
+    img = header.opened
+    if img is None:
+        raise ValueError("decode() takes the header probe() returned")
     orientation = header.orientation
     try:
         img.load()
         icc = img.info.get("icc_profile")
         text = _png_text(img, orientation) if header.format == "PNG" else {}
-        if png16.needs_pypng(header.data, img):
+        if header.pypng:
             color, alpha = png16.read(header.data)
             color = _orient(color, orientation)
             alpha = _orient(alpha, orientation) if alpha is not None else None

@@ -25,12 +25,22 @@ FAMILIES = (rrdbnet, compact)
 SPANDREL_HINT = "install the spandrel extra"
 
 
-def describe(sd: Mapping[str, Any]) -> ModelDescriptor:
-    """The native family's descriptor of an unwrapped state dict. Raises UnknownArchitecture."""
+def claim(sd: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """(family module, state dict in its key names) of the native family whose keys these are."""
     for family in FAMILIES:
         if family.matches(sd):
-            return family.describe(family.normalize(sd))
-    raise UnknownArchitecture(f"unsupported architecture: {key_summary(sd)}")
+            return family, family.normalize(sd)
+    return None
+
+
+def describe(sd: Mapping[str, Any]) -> ModelDescriptor:
+    """The native family's descriptor of an unwrapped state dict. Raises UnknownArchitecture."""
+    claimed = claim(sd)
+    if claimed is None:
+        raise UnknownArchitecture(f"unsupported architecture: {key_summary(sd)}")
+    family, normalized = claimed
+    descriptor: ModelDescriptor = family.describe(normalized)
+    return descriptor
 
 
 def load(checkpoint: Any) -> tuple[ModelDescriptor, torch.nn.Module]:
@@ -42,14 +52,14 @@ def load(checkpoint: Any) -> tuple[ModelDescriptor, torch.nn.Module]:
     """
     sd = {k: torch.as_tensor(v) for k, v in unwrap(checkpoint).items()}
     native: UnknownArchitecture | None = None
-    for family in FAMILIES:
-        if family.matches(sd):
-            normalized = family.normalize(sd)
-            try:
-                descriptor = family.describe(normalized)
-            except UnknownArchitecture as exc:  # spandrel may know a variant we do not build
-                native = exc
-                break
+    claimed = claim(sd)
+    if claimed is not None:
+        family, normalized = claimed
+        try:
+            descriptor = family.describe(normalized)
+        except UnknownArchitecture as exc:  # spandrel may know a variant we do not build
+            native = exc
+        else:
             net = family.build(descriptor)
             net.load_state_dict(normalized, strict=True)
             return descriptor, net.eval()

@@ -36,7 +36,7 @@ class ModelDescriptor:
     scale: int
     in_ch: int
     out_ch: int
-    hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict, compare=True)
+    hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
     size_minimum: int = 1
     size_multiple: int = 1
     supports_half: bool = True
@@ -45,9 +45,6 @@ class ModelDescriptor:
     macs_per_pixel: int = 0
     activations_per_pixel: int = 0
     source: str = "native"  # "native" (written here), "spandrel", or "ncnn" (read from a .param/.bin)
-
-    def __hash__(self) -> int:
-        return hash((self.family, self.scale, self.in_ch, self.out_ch, tuple(self.hyperparameters.items())))
 
     def hp(self, key: str, default: int = 0) -> int:
         """An integer hyper-parameter, `default` when the family has none by that name."""

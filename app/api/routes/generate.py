@@ -182,17 +182,7 @@ async def generate(
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
             out.append(base64.b64encode(result.data).decode())
             per_image.append(image_info(result))
-    first = per_image[0]
-    record_outcome(
-        request,
-        Outcome(
-            input_size="{}x{}".format(*first["input_size"]),
-            output_size="{}x{}".format(*first["output_size"]),
-            upscaler=first["upscaler"],
-            backend=first["backend"],
-            fallback_reason=first["fallback_reason"],
-        ),
-    )
+    record_outcome(request, Outcome.of(**per_image[0]))
     extra = dict(req.model_extra or {})
     ignored = sorted(k for k in NOT_IMPLEMENTED if extra.pop(k, None))
     info: dict[str, Any] = {

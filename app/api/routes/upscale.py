@@ -87,12 +87,12 @@ def result_headers(result: Result) -> dict[str, str]:
 
 
 def outcome_of(result: Result) -> Outcome:
-    return Outcome(
-        input_size="{}x{}".format(*result.input_size),
-        output_size="{}x{}".format(*result.output_size),
+    return Outcome.of(
         upscaler=result.upscaler,
         backend=result.backend,
         fallback_reason=result.fallback_reason,
+        input_size=result.input_size,
+        output_size=result.output_size,
     )
 
 
