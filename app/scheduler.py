@@ -1,6 +1,8 @@
-"""One bounded queue per device: one model run at a time, a fixed number waiting, the rest refused.
+"""One bounded queue per device: a fixed number of model runs at a time (one on CPU, whose threads
+all serve one run; two on CUDA, each on its own stream, so one request's copies, quantisation and
+launch overhead overlap the other's compute), a fixed number waiting, the rest refused.
 
-Work runs on the device's single worker thread, off the event loop. A request that times out, or whose
+Work runs on the device's worker threads, off the event loop. A request that times out, or whose
 client disconnects, sets its cancel flag: work still queued is dropped before it reaches the model, and
 work already running stops at its next tile.
 """
@@ -20,10 +22,11 @@ T = TypeVar("T")
 
 
 class DeviceQueue:
-    def __init__(self, device: str, queue_size: int) -> None:
+    def __init__(self, device: str, queue_size: int, workers: int = 1) -> None:
         self.device = device
         self.queue_size = queue_size
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{device}")
         self.in_flight = 0  # waiting + running, counted until the worker is really done with it
         self.running = 0
         self.submitted = 0  # jobs ever queued here
@@ -58,7 +61,7 @@ class DeviceQueue:
         when `timeout_s` passes first, and Cancelled when `cancel` is set before the work started."""
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        if self.in_flight > self.queue_size:
+        if self.in_flight >= self.queue_size + self.workers:
             raise Overloaded(
                 f"{self.device} queue is full ({self.queue_size} waiting)",
                 retry_after_s=max(1, self.in_flight),

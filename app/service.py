@@ -23,7 +23,7 @@ from PIL import Image
 from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
 from app.config import Settings
-from app.engine import run_model
+from app.engine import model_passes, run_model
 from app.errors import (
     Cancelled,
     ImageTooLarge,
@@ -48,6 +48,7 @@ InferenceHook = Callable[[str, str, float], None]
 """Called on the device thread after each model run: (model name, backend, seconds)."""
 
 NATIVE_PROBE_FACTOR = 2.0
+CUDA_RUNS = 2  # model runs at once on a CUDA device, each on its own stream
 T = TypeVar("T")  # the factor a request that names no size is chosen for
 
 
@@ -139,9 +140,11 @@ class UpscaleService:
         self._lock = threading.Lock()
 
     def queue_for(self, device: str) -> DeviceQueue:
-        """The device's queue (one model run at a time there), made on first use."""
+        """The device's queue, made on first use: one model run at a time, two on CUDA (each on its
+        own stream, so the GPU is fed while the other request copies and quantises)."""
         if device not in self.queues:
-            self.queues[device] = DeviceQueue(device, self.settings.queue_size)
+            workers = CUDA_RUNS if device == "cuda" else 1
+            self.queues[device] = DeviceQueue(device, self.settings.queue_size, workers)
         return self.queues[device]
 
     # -- choosing ---------------------------------------------------------------------------------
@@ -284,27 +287,34 @@ class UpscaleService:
     ) -> Picture:
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
         upscaled = await self.queue_for(device).run(
-            lambda flag: self._passes(decoded.pixels, entry, target, flag),
+            lambda flag: self._passes(decoded, entry, target, flag),
             timeout_s=stages.deadline - time.monotonic(),
             cancel=stages.cancel,
         )
         return await stages.run(self._finish, upscaled, decoded, target)
 
     def _passes(
-        self, pixels: np.ndarray, entry: ModelEntry, target: Target, cancel: threading.Event
+        self, decoded: DecodedImage, entry: ModelEntry, target: Target, cancel: threading.Event
     ) -> np.ndarray:
-        """Runs on the device thread."""
-        assert entry.runner is not None
+        """Runs on the device thread. When the model's output is the target size the image comes back
+        quantised to the output's bit depth (on the model's device for PyTorch); else as float32 for
+        the LANCZOS finish."""
+        runner = entry.runner
+        assert runner is not None
         s = self.settings
+        h, w = decoded.pixels.shape[:2]
+        grow = runner.scale ** model_passes(h, w, runner.scale, target.factor, s.max_output_pixels)
+        exact = (w * grow, h * grow) == (target.width, target.height)
         t0 = time.perf_counter()
         out = run_model(
-            pixels,
-            entry.runner,
+            decoded.pixels,
+            runner,
             target.factor,
             tile=s.tile,
             pad=s.tile_pad,
             max_pixels=s.max_output_pixels,
             cancel=cancel,
+            bit_depth=decoded.bit_depth if exact else None,
         )
         if self.on_inference is not None:
             self.on_inference(entry.name, entry.backend, time.perf_counter() - t0)
@@ -312,6 +322,8 @@ class UpscaleService:
 
     @staticmethod
     def _finish(x: np.ndarray, decoded: DecodedImage, target: Target) -> Picture:
+        """The model's output (float32, or already quantised at the target size) plus the input's alpha
+        (LANCZOS-resized), at the target size, cropped."""
         size = (target.width, target.height)
         if (x.shape[1], x.shape[0]) != size:
             x = resize_array(x, size)

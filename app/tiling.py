@@ -13,6 +13,7 @@ visible seam. Image borders get no ramp.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -64,6 +65,76 @@ def is_oom(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
+@dataclass(frozen=True)
+class Window:
+    """One fed window of a tile plan: its origin (`fy`, `fx`; the size is the plan's), the region of the
+    input it keeps (`ky0:ky1`, `kx0:kx1`) and the ramp bands of that region's output, in output pixels
+    (top, bottom, left, right; 0 at an image border)."""
+
+    fy: int
+    fx: int
+    ky0: int
+    ky1: int
+    kx0: int
+    kx1: int
+    bands: tuple[int, int, int, int]
+
+    def weights(self, scale: int) -> tuple[np.ndarray, np.ndarray]:
+        """The separable blend weights (rows, columns) of the kept region's output."""
+        top, bottom, left, right = self.bands
+        return (
+            _ramp((self.ky1 - self.ky0) * scale, top, bottom),
+            _ramp((self.kx1 - self.kx0) * scale, left, right),
+        )
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Every window of one image, all of one shape (`win_h` x `win_w`): one tensor shape per image, so
+    kernels (and fixed-shape packages) are reused and windows can be batched."""
+
+    height: int
+    width: int
+    win_h: int
+    win_w: int
+    windows: tuple[Window, ...]
+
+
+def plan_tiles(h: int, w: int, scale: int, tile: int, pad: int, multiple: int = 1) -> TilePlan:
+    """The windows that cover an (h, w) image (sides multiples of `multiple`). `tile` <= 0 (or >= both
+    sides) is one window: the whole image."""
+    if tile <= 0 or (tile >= h and tile >= w):
+        return TilePlan(h, w, h, w, (Window(0, 0, 0, h, 0, w, (0, 0, 0, 0)),))
+    blend = min(pad // 2, tile // 4)
+    rows, cols = _spans(h, tile), _spans(w, tile)
+    # The window is the largest cell plus context (plus slack to start on the grid): one shape per axis.
+    win_y = _window(h, max(b - a for a, b in rows) + 2 * pad, multiple)
+    win_x = _window(w, max(b - a for a, b in cols) + 2 * pad, multiple)
+    band = 2 * blend * scale
+    windows = []
+    for y0, y1 in rows:
+        ky0, ky1 = max(0, y0 - blend), min(h, y1 + blend)
+        fy = _fed_start(ky0, h, win_y, pad - blend, multiple)
+        for x0, x1 in cols:
+            kx0, kx1 = max(0, x0 - blend), min(w, x1 + blend)
+            fx = _fed_start(kx0, w, win_x, pad - blend, multiple)
+            bands = (
+                band if y0 > 0 else 0,
+                band if y1 < h else 0,
+                band if x0 > 0 else 0,
+                band if x1 < w else 0,
+            )
+            windows.append(Window(fy, fx, ky0, ky1, kx0, kx1, bands))
+    return TilePlan(h, w, win_y, win_x, tuple(windows))
+
+
+def grid_padding(h: int, w: int, multiple: int) -> tuple[int, int, str]:
+    """Rows and columns to add (bottom, right) to reach the `multiple` grid, and the pad mode: reflect,
+    or edge where the image is too small to reflect."""
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return ph, pw, "reflect" if h > ph and w > pw else "edge"
+
+
 def upscale_tiled(
     img: np.ndarray,
     fn: Callable[[np.ndarray], np.ndarray],
@@ -86,8 +157,7 @@ def upscale_tiled(
     h, w, c = img.shape
     if h % multiple or w % multiple:
         # Reflect up to the grid (as the runner pads a whole image), run aligned, crop back.
-        ph, pw = (-h) % multiple, (-w) % multiple
-        mode = "reflect" if h > ph and w > pw else "edge"
+        ph, pw, mode = grid_padding(h, w, multiple)
         padded = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)  # type: ignore[call-overload]
         full = upscale_tiled(padded, fn, scale, tile, pad, multiple=multiple, cancel=cancel)
         if out is None:
@@ -96,33 +166,20 @@ def upscale_tiled(
         return out
     if out is None:
         out = np.zeros((h * scale, w * scale, c), np.float32)
-    if tile <= 0 or (tile >= h and tile >= w):
+    plan = plan_tiles(h, w, scale, tile, pad, multiple)
+    if len(plan.windows) == 1:
         out[:] = _run_or_split(img, fn, scale, max(h, w), pad, multiple, cancel)
         return out
-    blend = min(pad // 2, tile // 4)
-    rows, cols = _spans(h, tile), _spans(w, tile)
-    # The window is the largest cell plus context (plus slack to start on the grid): one shape per axis.
-    win_y = _window(h, max(b - a for a, b in rows) + 2 * pad, multiple)
-    win_x = _window(w, max(b - a for a, b in cols) + 2 * pad, multiple)
-    for y0, y1 in rows:
-        ky0, ky1 = max(0, y0 - blend), min(h, y1 + blend)
-        fy0 = _fed_start(ky0, h, win_y, pad - blend, multiple)
-        fy1 = fy0 + win_y
-        wy = _ramp(
-            (ky1 - ky0) * scale, 2 * blend * scale if y0 > 0 else 0, 2 * blend * scale if y1 < h else 0
-        )
-        for x0, x1 in cols:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            kx0, kx1 = max(0, x0 - blend), min(w, x1 + blend)
-            fx0 = _fed_start(kx0, w, win_x, pad - blend, multiple)
-            fx1 = fx0 + win_x
-            result = _run_or_split(img[fy0:fy1, fx0:fx1], fn, scale, tile, pad, multiple, cancel)
-            oy, ox = (ky0 - fy0) * scale, (kx0 - fx0) * scale
-            kept = result[oy : oy + (ky1 - ky0) * scale, ox : ox + (kx1 - kx0) * scale]
-            wx = _ramp(kept.shape[1], 2 * blend * scale if x0 > 0 else 0, 2 * blend * scale if x1 < w else 0)
-            region = out[ky0 * scale : ky1 * scale, kx0 * scale : kx1 * scale]
-            region += kept * wy[:, None, None] * wx[None, :, None]
+    for win in plan.windows:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        fed = img[win.fy : win.fy + plan.win_h, win.fx : win.fx + plan.win_w]
+        result = _run_or_split(fed, fn, scale, tile, pad, multiple, cancel)
+        oy, ox = (win.ky0 - win.fy) * scale, (win.kx0 - win.fx) * scale
+        kept = result[oy : oy + (win.ky1 - win.ky0) * scale, ox : ox + (win.kx1 - win.kx0) * scale]
+        wy, wx = win.weights(scale)
+        region = out[win.ky0 * scale : win.ky1 * scale, win.kx0 * scale : win.kx1 * scale]
+        region += kept * wy[:, None, None] * wx[None, :, None]
     return out
 
 

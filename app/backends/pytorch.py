@@ -5,9 +5,11 @@ torch is imported inside functions only, so the service starts (LANCZOS only) wi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,9 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
+from app.backends.torch_tiles import quantize_tensor, upscale_tensor
 from app.models.descriptor import ModelDescriptor, UnknownArchitecture
+from app.tiling import CancelFlag, TilePlan
 
 log = logging.getLogger("app.backends.pytorch")
 
@@ -91,8 +95,15 @@ def effective_precision(device: str, precision: str, desc: ModelDescriptor) -> s
     return precision
 
 
+# Windows of one shape run together while their activations fit this share of free GPU memory (the
+# model's own tile choice takes a quarter; two requests run at once on separate streams).
+BATCH_MEMORY_SHARE = 0.25
+MAX_WINDOW_BATCH = 8
+
+
 class TorchRunner:
-    """Runs one model on one device. Stateless per call: safe to share between requests."""
+    """Runs one model on one device. Stateless per call: safe to share between requests (on CUDA each
+    calling thread gets its own stream, so one request's copies overlap another's compute)."""
 
     def __init__(
         self, torch: Any, net: Any, desc: ModelDescriptor, device: str, precision: str, tile: int
@@ -108,6 +119,7 @@ class TorchRunner:
         self.dtype = getattr(torch, DTYPES[precision])
         # On CPU, bf16 runs under autocast (oneDNN bf16 convolutions); elsewhere the weights are cast.
         self.autocast = device == "cpu" and precision == "bf16"
+        self._local = threading.local()
 
     def _pad(self, x: Any, h: int, w: int) -> Any:
         """Pad (bottom / right) up to the model's size multiple, minimum and squareness."""
@@ -122,43 +134,133 @@ class TorchRunner:
         mode = "reflect" if h > ph and w > pw else "replicate"
         return self.torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
 
-    def run(self, tile: np.ndarray) -> np.ndarray:
-        """(h, w, C) uint8 / uint16 / float32 -> (h*s, w*s, C) float32, clamped to 0..1."""
+    def forward(self, x: Any) -> Any:
+        """(B, C, h, w) float tensor on the device, values 0..1 -> (B, C, h*s, w*s) float32 in 0..1.
+        A 1-channel image through a 3-channel model runs as gray RGB (the output averaged back); a
+        3-channel image through a 1-channel model runs as three gray images in one batch."""
         torch = self.torch
-        h, w, c = tile.shape
-        in_ch, out_ch = self.descriptor.in_ch, self.descriptor.out_ch
-        with torch.inference_mode():
-            tile = np.ascontiguousarray(tile)
-            # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
-            x = torch.from_numpy(tile) if tile.flags.writeable else torch.tensor(tile)
-            if self.device == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            elif self.device != "cpu":
-                x = x.to(self.device)
-            # HWC memory viewed as NCHW is already channels_last: no copy.
-            x = x.permute(2, 0, 1).unsqueeze(0)
-            peak = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(tile.dtype, 1.0)
-            x = x.to(torch.float32 if self.autocast else self.dtype)
-            if peak != 1.0:
-                x = x / peak
-            if c == 1 and in_ch == 3:
-                x = x.expand(1, 3, h, w)
-            elif c == 3 and in_ch == 1:
-                x = x.permute(1, 0, 2, 3)  # three grayscale images in one batch
-            x = self._pad(x, h, w).contiguous(memory_format=torch.channels_last)
-            try:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-                    y = self.net(x)
-            except RuntimeError as exc:
-                if self.device == "cuda" and "out of memory" in str(exc):
-                    torch.cuda.empty_cache()
-                raise
-            y = y[:, :, : h * self.scale, : w * self.scale].float().clamp_(0.0, 1.0)
-            if c == 1 and out_ch == 3:
-                y = y.mean(dim=1, keepdim=True)
-            elif c == 3 and in_ch == 1:
-                y = y.permute(1, 0, 2, 3)
-            return y[0].permute(1, 2, 0).contiguous().cpu().numpy()
+        b, c, h, w = x.shape
+        in_ch, out_ch, s = self.descriptor.in_ch, self.descriptor.out_ch, self.scale
+        x = x.to(torch.float32 if self.autocast else self.dtype)
+        if c == 1 and in_ch == 3:
+            x = x.expand(b, 3, h, w)
+        elif c == 3 and in_ch == 1:
+            x = x.reshape(b * 3, 1, h, w)
+        x = self._pad(x, h, w).contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+                y = self.net(x)
+        except RuntimeError as exc:
+            if self.device == "cuda" and "out of memory" in str(exc):
+                torch.cuda.empty_cache()
+            raise
+        y = y[:, :, : h * s, : w * s].float().clamp_(0.0, 1.0)
+        if c == 1 and out_ch == 3:
+            y = y.mean(dim=1, keepdim=True)
+        elif c == 3 and in_ch == 1:
+            y = y.reshape(b, 3, h * s, w * s)
+        return y
+
+    # -- host <-> device ------------------------------------------------------------------------------
+    def _stream(self) -> Any:
+        """This thread's CUDA stream (made on first use), as a context; nothing elsewhere."""
+        if self.device != "cuda":
+            return contextlib.nullcontext()
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = self.torch.cuda.Stream()
+        return self.torch.cuda.stream(stream)
+
+    def _to_device(self, pixels: np.ndarray) -> Any:
+        """(H, W, C) uint8 / uint16 / float32 -> (1, C, H, W) float32 on the device, values 0..1. The
+        integers travel as they are (from pinned memory on CUDA) and become floats on the device."""
+        torch = self.torch
+        arr = np.ascontiguousarray(pixels)
+        peak, offset = 1.0, 0.0
+        if arr.dtype == np.uint8:
+            peak = 255.0
+        elif arr.dtype == np.uint16:  # torch has no general uint16: shift into int16, shift back there
+            arr, peak, offset = (arr ^ np.uint16(0x8000)).view(np.int16), 65535.0, 32768.0
+        elif arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
+        host = torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)
+        if self.device == "cuda":
+            staged = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+            staged.copy_(host)
+            host = staged.to(self.device, non_blocking=True)
+        elif self.device != "cpu":
+            host = host.to(self.device)
+        x = host.permute(2, 0, 1).unsqueeze(0).float()
+        if offset:
+            x += offset
+        if peak != 1.0:
+            x /= peak
+        return x
+
+    def _to_host(self, y: Any) -> np.ndarray:
+        """(1, C, H, W) device tensor -> (H, W, C) numpy array (int16 offsets back to uint16)."""
+        torch = self.torch
+        hwc = y[0].permute(1, 2, 0).contiguous()
+        if self.device == "cuda":
+            host = torch.empty(hwc.shape, dtype=hwc.dtype, pin_memory=True)
+            host.copy_(hwc, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        else:
+            host = hwc.cpu()
+        arr = host.numpy()
+        if arr.dtype == np.int16:
+            return arr.view(np.uint16) ^ np.uint16(0x8000)
+        return arr
+
+    def _batch_for(self, plan: TilePlan) -> int:
+        """Windows per forward: as many as fit BATCH_MEMORY_SHARE of free GPU memory (at most
+        MAX_WINDOW_BATCH); one on CPU, where a batch runs no faster than its windows one by one."""
+        if self.device != "cuda":
+            return 1
+        per_window = plan.win_h * plan.win_w * max(1, self.descriptor.activations_per_pixel)
+        per_window *= self.dtype.itemsize
+        free = self.torch.cuda.mem_get_info()[0]
+        return max(1, min(MAX_WINDOW_BATCH, len(plan.windows), int(free * BATCH_MEMORY_SHARE // per_window)))
+
+    # -- the two entry points -------------------------------------------------------------------------
+    def run(self, tile: np.ndarray) -> np.ndarray:
+        """(h, w, C) uint8 / uint16 / float32 -> (h*s, w*s, C) float32, clamped to 0..1 (the Runner
+        protocol: one window, for the numpy tiler)."""
+        with self.torch.inference_mode(), self._stream():
+            return self._to_host(self.forward(self._to_device(tile)))
+
+    def upscale_image(
+        self,
+        pixels: np.ndarray,
+        passes: int,
+        *,
+        tile: int,
+        pad: int,
+        cancel: CancelFlag | None = None,
+        bit_depth: int | None = None,
+    ) -> np.ndarray:
+        """The whole image through `passes` passes on the device: in once, tiled, batched, blended and
+        (with `bit_depth`) quantised there, out once. Returns (H*s^n, W*s^n, C) uint8 / uint16 with
+        `bit_depth` 8 / 16, else float32 in 0..1."""
+        torch = self.torch
+        with torch.inference_mode(), self._stream():
+            x = self._to_device(pixels)
+            for _ in range(passes):
+                x = upscale_tensor(
+                    torch,
+                    self.forward,
+                    x,
+                    self.scale,
+                    tile,
+                    pad,
+                    multiple=self.size_multiple,
+                    batch_for=self._batch_for,
+                    cancel=cancel,
+                )
+            if bit_depth is not None:
+                x = quantize_tensor(torch, x, bit_depth)
+            return self._to_host(x)
 
 
 class PyTorchBackend:

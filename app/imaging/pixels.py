@@ -77,9 +77,9 @@ def quantize(arr: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def compose(color: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> Picture:
-    """Build the output picture from float arrays: `color` (H, W, 1|3), `alpha` (H, W) or None, about
-    0..1, quantised to `bit_depth` (8 or 16)."""
-    q = quantize(color, bit_depth)
+    """Build the output picture: `color` (H, W, 1|3) float about 0..1 (or already quantised: uint8 /
+    uint16), `alpha` (H, W) float or None, quantised to `bit_depth` (8 or 16)."""
+    q = color if color.dtype.kind == "u" else quantize(color, bit_depth)
     if alpha is None:
         return Picture(q)
     return Picture(np.dstack([q, quantize(alpha, bit_depth)]))

@@ -50,3 +50,57 @@ def test_accelerator_serves_each_family_like_the_cpu(tmp_path: Path, family: str
     got = run_model(img, on_device.runner, scale, tile=48, pad=8)
     assert np.isfinite(got).all()
     assert psnr_unit(got, expected) >= (50.0 if precision == "fp32" else 35.0)
+
+
+def test_device_pipeline_batches_tiles_and_matches_the_cpu(tmp_path: Path) -> None:
+    path = write_checkpoint(tiny_state_dict(4, seed=3, num_block=2), tmp_path / "r", "safetensors")
+    img = textured(200, 150)
+    expected = run_model(img, served(path, "cpu", "fp32").runner, 4.0, tile=48, pad=8)  # type: ignore[arg-type]
+    runner = served(path, str(DEVICE), "fp32").runner
+    batches: list[int] = []
+    forward = runner.forward  # type: ignore[union-attr]
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        batches.append(x.shape[0])
+        return forward(x)
+
+    runner.forward = spy  # type: ignore[union-attr]
+    got = run_model(img, runner, 4.0, tile=48, pad=8)  # type: ignore[arg-type]
+    assert max(batches) > 1  # windows of one shape ran together
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    quantised = run_model(img, runner, 4.0, tile=48, pad=8, bit_depth=8)  # type: ignore[arg-type]
+    assert quantised.dtype == np.uint8
+    assert np.abs(quantised.astype(int) - np.round(expected * 255).astype(int)).max() <= 1
+
+
+def test_16_bit_input_in_half_precision_stays_finite(tmp_path: Path) -> None:
+    # 65535 does not fit fp16 (max 65504): samples become 0..1 in float32 before the cast.
+    path = write_checkpoint(tiny_state_dict(2, seed=5), tmp_path / "r", "safetensors")
+    deep = (textured(64, 48).astype(np.uint16) * 257).astype(np.uint16)
+    deep[0, 0] = 65535
+    expected = run_model(deep, served(path, "cpu", "fp32").runner, 2.0, tile=0)  # type: ignore[arg-type]
+    got = run_model(deep, served(path, str(DEVICE), "fp16").runner, 2.0, tile=0, bit_depth=16)  # type: ignore[arg-type]
+    assert got.dtype == np.uint16
+    assert psnr_unit(got.astype(np.float32) / 65535.0, expected) >= 35.0
+
+
+def test_requests_on_two_streams_at_once_match_one_at_a_time(tmp_path: Path) -> None:
+    import threading
+
+    path = write_checkpoint(tiny_state_dict(2, seed=7, num_block=2), tmp_path / "r", "safetensors")
+    runner = served(path, str(DEVICE), "fp16").runner
+    images = [textured(160 + 16 * i, 120) for i in range(4)]
+    alone = [run_model(img, runner, 2.0, tile=64, bit_depth=8) for img in images]  # type: ignore[arg-type]
+    together: list[np.ndarray | None] = [None] * len(images)
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            together[i] = run_model(images[i], runner, 2.0, tile=64, bit_depth=8)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert b is not None and np.array_equal(a, b)
