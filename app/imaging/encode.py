@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from app.errors import InvalidParameter
-from app.imaging import png16
 from app.imaging.decode import FORMAT_ALIASES
+from app.imaging.jpegwrite import write_jpeg
 from app.imaging.pixels import Picture
+from app.imaging.pngwrite import write_png
 
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -77,11 +78,12 @@ def encode(
 ) -> bytes:
     """Encode to PNG / JPEG / WEBP, carrying the ICC profile and (PNG) text chunks.
 
-    16-bit pictures stay 16-bit in PNG (gray through Pillow's I;16, the rest through pypng); other
-    formats narrow them to 8 bits. JPEG has no alpha (dropped) and WebP no grayscale (stored as RGB):
-    each format keeps what it can. The ICC profile is kept when it matches the written colour space.
-    Raises InvalidParameter when the picture is larger than the format can hold (JPEG 65500, WebP
-    16383 pixels a side).
+    PNG goes through app/imaging/pngwrite.py (every bit depth and colour type, deflate on every core);
+    JPEG through app/imaging/jpegwrite.py (Pillow's encoder, strips on every core), WebP through Pillow,
+    16-bit pictures narrowed to 8 bits. JPEG has no alpha (dropped) and
+    WebP no grayscale (stored as RGB): each format keeps what it can. The ICC profile is kept when it
+    matches the written colour space. Raises InvalidParameter when the picture is larger than the
+    format can hold (JPEG 65500, WebP 16383 pixels a side).
     """
     pixels = picture.pixels
     size = picture.size
@@ -92,32 +94,21 @@ def encode(
         )
     planes = pixels.shape[2]
     gray = planes <= 2
-    buf = io.BytesIO()
-    if picture.bit_depth == 16 and fmt == "PNG":
-        if planes != 1:  # Pillow narrows 16-bit colour and gray + alpha: pypng writes them
-            png16.write(buf, pixels, png_level, _icc_for(icc_profile, gray), text)
-            return buf.getvalue()
-        img = Image.fromarray(np.ascontiguousarray(pixels[..., 0]))  # I;16
-    else:
-        if picture.bit_depth == 16:
-            pixels = _narrow(pixels)
-        img = Image.fromarray(pixels[..., 0] if planes == 1 else pixels, _PIL_MODES[planes])
-    params: dict[str, object] = {}
     if fmt == "PNG":
-        info = PngImagePlugin.PngInfo()
-        for key, value in text.items():
-            info.add_text(key, value, zip=len(value) > 1024)
-        params.update(pnginfo=info, compress_level=png_level)
-    elif fmt == "JPEG":
-        if img.mode in ("RGBA", "LA"):
-            img = img.convert(img.mode[:-1])
-        params.update(quality=quality or 95)
-    else:  # WEBP
-        if img.mode in ("L", "LA"):
-            img = img.convert("RGBA" if img.mode == "LA" else "RGB")
-        params.update(quality=quality or 95, method=4)
-    icc = _icc_for(icc_profile, img.mode in ("L", "LA", "I;16"))
+        return write_png(pixels, png_level, _icc_for(icc_profile, gray), text)
+    if picture.bit_depth == 16:
+        pixels = _narrow(pixels)
+    if fmt == "JPEG":  # no alpha in JPEG: the colour as it is, the alpha plane left out
+        color = pixels[..., :1] if gray else pixels[..., :3]
+        return write_jpeg(color, quality or 95, _icc_for(icc_profile, gray))
+    img = Image.fromarray(pixels[..., 0] if planes == 1 else pixels, _PIL_MODES[planes])
+    # WEBP
+    if img.mode in ("L", "LA"):
+        img = img.convert("RGBA" if img.mode == "LA" else "RGB")
+    params: dict[str, object] = {"quality": quality or 95, "method": 4}
+    icc = _icc_for(icc_profile, False)
     if icc:
         params["icc_profile"] = icc
+    buf = io.BytesIO()
     img.save(buf, fmt, **params)
     return buf.getvalue()

@@ -1,11 +1,11 @@
-"""16-bit PNG through pypng: Pillow narrows 16-bit colour and gray + alpha PNGs to 8 bits.
+"""Reading 16-bit PNGs through pypng: Pillow narrows 16-bit colour and gray + alpha PNGs to 8 bits.
 
-pypng is pure Python, so this path is used only for the PNGs that need it (`needs_pypng`).
+pypng is pure Python, so this path is used only for the PNGs that need it (`needs_pypng`); writing
+is app/imaging/pngwrite.py's, for every PNG.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
@@ -47,34 +47,3 @@ def read(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         return arr, None
     hit = np.all(arr == np.asarray(key, dtype=np.uint16).reshape(1, 1, -1), axis=2)
     return arr, np.where(hit, 0, 65535).astype(np.uint16)
-
-
-def write(buf: io.BytesIO, arr: np.ndarray, level: int, icc: bytes | None, text: dict[str, str]) -> None:
-    """Write a uint16 (H, W, 2|3|4) array (gray + alpha, RGB, RGBA) as a 16-bit PNG with iCCP / iTXt."""
-    import png
-
-    h, w, planes = arr.shape
-    writer = png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16, compression=level)
-    tmp = io.BytesIO()
-    writer.write_array(tmp, np.ascontiguousarray(arr, dtype=np.uint16).reshape(-1))
-    data = tmp.getvalue()
-    # pypng writes no iCCP / iTXt: splice them in right after IHDR (8-byte signature + 25-byte IHDR).
-    extra = b""
-    if icc:
-        extra += chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
-    for key, value in text.items():
-        keyword = key.encode("latin-1", "replace")[:79]
-        if not keyword:
-            continue
-        raw = value.encode("utf-8")
-        # keyword NUL, compression flag + method, empty language tag NUL, empty translated keyword NUL
-        if len(raw) > 1024:
-            extra += chunk(b"iTXt", keyword + b"\x00\x01\x00\x00\x00" + zlib.compress(raw))
-        else:
-            extra += chunk(b"iTXt", keyword + b"\x00\x00\x00\x00\x00" + raw)
-    buf.write(data[:33] + extra + data[33:])
-
-
-def chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
