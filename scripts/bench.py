@@ -3,11 +3,13 @@
     python scripts/bench.py                # x4plus- and x2plus-shaped nets + shipped models, 128..512 px
     python scripts/bench.py --large        # adds 1024 px (1024 -> 4096 for x4: the memory bound)
     python scripts/bench.py ~/RealESRGAN_x4plus.pth --models x4plus --sizes 256
+    python scripts/bench.py --device cuda  # the GPU table (scripts/benchgpu.py): the cases of GPU_CASES
 
 Rows per model and input size:
   reference   plain eager fp32 NCHW whole-image forward (as Real-ESRGAN's inference script runs it)
   ref+io      the same plus PNG decode and encode (what that script does per image)
-  engine      the service's engine in-process (app.engine.run_model: tiles, channels_last, precision)
+  engine      the service's engine in-process (app.engine.run_model: the device-resident tile pipeline)
+  engine/np   the same model driven window by window by the numpy tiler (what Core ML packages get)
   http        the service over HTTP: a real `python -m app` on 127.0.0.1, decode and encode included
 GFLOP/s comes from the analytic multiply-add count; peak RSS is sampled during each row (the server's
 process for http). Then the LANCZOS path over HTTP against in-process Pillow, /health latency while the
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 from app.backends.base import ModelEntry  # noqa: E402
 from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.engine import run_model  # noqa: E402
-from app.imaging.pixels import quantize  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
@@ -86,6 +88,18 @@ def reference_forward(net: torch.nn.Module, img: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = net(x).squeeze().float().clamp_(0, 1).numpy()
     return (np.transpose(out, (1, 2, 0)) * 255.0).round().astype(np.uint8)
+
+
+class WindowsOnly:
+    """A runner seen through the Runner protocol alone (no upscale_image): the numpy tiler drives it."""
+
+    def __init__(self, runner: Any) -> None:
+        self.scale, self.default_tile, self.size_multiple = (
+            runner.scale,
+            runner.default_tile,
+            runner.size_multiple,
+        )
+        self.run = runner.run
 
 
 class Server:
@@ -178,7 +192,11 @@ def bench_model(
 
         if reference:
             measured.append(("ref+io", *timed(ref_io)))
-        measured.append(("engine", *timed(lambda arr=arr: quantize(run_model(arr, runner, scale), 8))))
+        measured.append(("engine", *timed(lambda arr=arr: run_model(arr, runner, scale, bit_depth=8))))
+        by_window = WindowsOnly(runner)
+        measured.append(
+            ("engine/np", *timed(lambda arr=arr, r=by_window: run_model(arr, r, scale, bit_depth=8)))
+        )
         if server is not None:
             http = timed(
                 lambda data=data: server.upscale(data, model=name, scale=str(scale)), pid=server.proc.pid
@@ -258,7 +276,14 @@ def main() -> None:
         "--no-reference", action="store_true", help="skip the plain forward (it needs ~10 GB at 1024 px, x4)"
     )
     p.add_argument("--precision", default="auto")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "mps"], help="cuda / mps: the GPU table"
+    )
+    p.add_argument("--compile", action="store_true", help="GPU table: add the torch.compile'd limit")
+    p.add_argument("--repeat", type=int, default=7, help="GPU table: timed runs per median")
     args = p.parse_args()
+    if args.device != "cpu":
+        return main_gpu(args)
     sizes = [int(s) for s in args.sizes.split(",")] + ([1024] if args.large else [])
     kinds = args.models.split(",")
 
@@ -313,6 +338,64 @@ def main() -> None:
                 ]
             ],
         )
+    bench_encode(2048)
+
+
+# (model, input side): the hires-fix case, the x4plus shape small and large, the shipped models.
+GPU_CASES = [("x2plus", 768), ("x4plus", 512), ("x4plus", 1024), ("rrdb-x2", 1024), ("rrdb-x4", 1024)]
+
+
+def main_gpu(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+
+    from scripts import benchgpu
+
+    device = args.device
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="upscaler-bench-"))
+    nets: dict[str, tuple[ModelDescriptor, torch.nn.Module, Path]] = {}
+    for kind in dict(GPU_CASES):
+        if kind in SHAPES:
+            desc = SHAPES[kind]
+            net = FAMILIES[desc.family].build(desc).eval()
+        else:
+            desc, net, _ = load_file(ROOT / "weights" / f"{kind}.safetensors")
+        path = work / f"{kind}.safetensors"
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+        nets[kind] = (desc, net, path)
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"torch {torch.__version__}, {name}, {os.cpu_count()} host cores", flush=True)
+    server = Server(work, {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)})
+    probe = HealthProbe(server.url)
+    rows = []
+    try:
+        for kind, size in GPU_CASES:
+            desc, net, path = nets[kind]
+            img = test_image(size)
+            row = benchgpu.bench_case(
+                kind,
+                desc,
+                net,
+                path,
+                size,
+                np.asarray(img),
+                png(img),
+                server,
+                device,
+                args.compile,
+                args.repeat,
+            )
+            print("  " + " | ".join(row), flush=True)
+            rows.append(row)
+    finally:
+        health = probe.stop()
+        server.close()
+    table(f"The service on {name} (medians of {args.repeat})", benchgpu.HEAD, rows)
+    ms = np.asarray(health)
+    print(
+        f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "
+        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
+    )
     bench_encode(2048)
 
 

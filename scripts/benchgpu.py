@@ -1,0 +1,178 @@
+"""The GPU table (`scripts/bench.py --device cuda`, or `mps`): every path of a case side by side in one
+run, the limit first.
+
+Columns per case (model shape, input size):
+  limit       pure fp16 channels_last forward of a tensor already on the device (no host work at all)
+  compiled    the same under torch.compile (with --compile; each shape compiles once, untimed)
+  realesrgan  Real-ESRGAN's way: fp16 NCHW whole image, uint8 -> float on the host, float32 back to
+              the host and quantised there (RealESRGANer.enhance without its pre/post padding)
+  engine      app.engine.run_model in-process: the device-resident tile pipeline, uint8 in and out
+  http png / http jpeg   one client, a real `python -m app` on 127.0.0.1 on the same device
+  8 clients   images/s of 8 concurrent clients (PNG out), beside the limit's images/s (1 / limit)
+  GPU MB      peak memory the engine's run allocated on the device (torch's allocator)
+Seconds are medians after a warm-up. Nothing is asserted: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.backends.base import ModelEntry
+from app.backends.pytorch import PyTorchBackend
+from app.engine import run_model
+from app.models.descriptor import ModelDescriptor
+
+CLIENTS = 8
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def median_s(fn: Callable[[], object], device: str, repeat: int) -> float:
+    fn()  # warm-up
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def realesrgan_way(net: torch.nn.Module, img: np.ndarray, device: str) -> np.ndarray:
+    """As RealESRGANer.enhance runs a whole image in half precision."""
+    x = img.astype(np.float32) / 255.0
+    t = torch.from_numpy(np.transpose(x, (2, 0, 1))).float().unsqueeze(0).to(device).half()
+    with torch.no_grad():
+        out = net(t)
+    y = out.data.squeeze().float().cpu().clamp_(0, 1).numpy()
+    return (np.transpose(y, (1, 2, 0)) * 255.0).round().astype(np.uint8)
+
+
+def concurrent_ips(upscale: Callable[[], object], per_client: int) -> float:
+    """Images per second that CLIENTS threads, each sending `per_client` requests in a row, got."""
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            for _ in range(per_client):
+                upscale()
+        except BaseException as exc:  # reported after the run
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return CLIENTS * per_client / (time.perf_counter() - t0)
+
+
+def limit_s(
+    net: torch.nn.Module, desc: ModelDescriptor, size: int, device: str, compile_net: bool, repeat: int
+) -> tuple[float, float | None]:
+    """The pure forward's seconds, and the compiled forward's (None without `compile_net`)."""
+    fast = copy.deepcopy(net).eval().to(device).half().to(memory_format=torch.channels_last)
+    x = (
+        torch.rand(1, desc.in_ch, size, size, device=device)
+        .half()
+        .contiguous(memory_format=torch.channels_last)
+    )
+    with torch.inference_mode():
+        t_limit = median_s(lambda: fast(x), device, repeat)
+        if not compile_net:
+            return t_limit, None
+        compiled = torch.compile(fast)
+        t0 = time.perf_counter()
+        compiled(x)
+        sync(device)
+        print(f"  {desc.family} x{desc.scale} {size}²: torch.compile took {time.perf_counter() - t0:.0f} s")
+        return t_limit, median_s(lambda: compiled(x), device, repeat)
+
+
+def engine_s(
+    name: str, weights_file: Path, image: np.ndarray, device: str, repeat: int
+) -> tuple[float, float]:
+    """The engine's seconds in-process (the service's own loader and runner), and its peak GPU MB."""
+    entry = ModelEntry(name, "pytorch", weights_file)
+    PyTorchBackend(device=device).load(entry)
+    runner = entry.runner
+    assert runner is not None, entry.reason
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = median_s(lambda: run_model(image, runner, float(runner.scale), bit_depth=8), device, repeat)
+    return seconds, torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+
+
+def bench_case(
+    name: str,
+    desc: ModelDescriptor,
+    net: torch.nn.Module,
+    weights_file: Path,
+    size: int,
+    image: np.ndarray,
+    png_data: bytes,
+    server: Any,
+    device: str,
+    compile_net: bool,
+    repeat: int,
+) -> list[str]:
+    scale = desc.scale
+    t_limit, t_compiled = limit_s(net, desc, size, device, compile_net, repeat)
+    nchw = copy.deepcopy(net).eval().to(device).half()
+    t_realesrgan = median_s(lambda: realesrgan_way(nchw, image, device), device, repeat)
+    nchw.cpu()
+    t_engine, peak_mb = engine_s(name, weights_file, image, device, repeat)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    def http(fmt: str) -> Callable[[], bytes]:
+        return lambda: server.upscale(png_data, model=name, scale=str(scale), format=fmt)
+
+    t_png = median_s(http("png"), device, max(3, repeat // 2))
+    t_jpeg = median_s(http("jpeg"), device, max(3, repeat // 2))
+    ips = concurrent_ips(http("png"), per_client=4)
+    limit_ips = 1.0 / t_limit
+    gflop = 2 * desc.macs_per_pixel * size * size / 1e9
+    return [
+        f"{name} {size}²→{size * scale}²",
+        f"{t_limit:.4f} s ({gflop / t_limit / 1000:.0f} TFLOP/s)",
+        f"{t_compiled:.4f} s" if t_compiled is not None else "-",
+        f"{t_realesrgan:.4f} s ({t_realesrgan / t_limit:.2f}x)",
+        f"{t_engine:.4f} s ({t_engine / t_limit:.2f}x)",
+        f"{t_png:.4f} s ({t_png / t_limit:.2f}x)",
+        f"{t_jpeg:.4f} s ({t_jpeg / t_limit:.2f}x)",
+        f"{ips:.1f} / {limit_ips:.1f} ({ips / limit_ips:.0%})",
+        f"{peak_mb:.0f}",
+    ]
+
+
+HEAD = [
+    "case",
+    "limit: fp16 channels_last forward, input on the device",
+    "compiled",
+    "Real-ESRGAN's way",
+    "engine in-process",
+    "HTTP, PNG out",
+    "HTTP, JPEG out",
+    f"{CLIENTS} clients: images/s vs the limit's",
+    "engine peak GPU MB",
+]
