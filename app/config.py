@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     default_model: str | None = None
     coreml_compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = "ALL"
     png_compress_level: int = Field(1, ge=0, le=9)
+    # torch.compile each PyTorch model at start-up (readiness waits for it); off: the compile costs
+    # about a minute per model on a GPU (less with Inductor's cache, TORCHINDUCTOR_CACHE_DIR, warm).
+    compile: bool = False
     threads: int = Field(0, ge=0, description="intra-op threads for inference; 0 = all cores")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Memory one request may need (estimated before its work starts; beyond it: 413 image_too_large).

@@ -56,7 +56,9 @@ def build_state(
     `backends` replaces the PyTorch and Core ML backends (tests, embedders)."""
     if backends is None:
         backends = {
-            "pytorch": PyTorchBackend(settings.device, settings.precision, settings.tile, settings.threads),
+            "pytorch": PyTorchBackend(
+                settings.device, settings.precision, settings.tile, settings.threads, settings.compile
+            ),
             "coreml": CoreMLBackend(settings.coreml_compute_units, settings.tile_pad),
         }
     registry = Registry(backends.values())

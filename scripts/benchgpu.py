@@ -3,7 +3,8 @@ run, the limit first.
 
 Columns per case (model shape, input size):
   limit       pure fp16 channels_last forward of a tensor already on the device (no host work at all)
-  compiled    the same under torch.compile (with --compile; each shape compiles once, untimed)
+  compiled    the same under torch.compile, and the engine as UPSCALER_COMPILE=1 runs it (--compile
+              names the cases; the compile itself is untimed here, its seconds are printed)
   realesrgan  Real-ESRGAN's way: fp16 NCHW whole image, uint8 -> float on the host, float32 back to
               the host and quantised there (RealESRGANer.enhance without its pre/post padding)
   engine      app.engine.run_model in-process: the device-resident tile pipeline, uint8 in and out
@@ -108,11 +109,14 @@ def limit_s(
 
 
 def engine_s(
-    name: str, weights_file: Path, image: np.ndarray, device: str, repeat: int
+    name: str, weights_file: Path, image: np.ndarray, device: str, repeat: int, compile_net: bool = False
 ) -> tuple[float, float]:
-    """The engine's seconds in-process (the service's own loader and runner), and its peak GPU MB."""
+    """The engine's seconds in-process (the service's own loader and runner, compiled as
+    UPSCALER_COMPILE=1 does with `compile_net`), and its peak GPU MB."""
     entry = ModelEntry(name, "pytorch", weights_file)
-    PyTorchBackend(device=device).load(entry)
+    PyTorchBackend(device=device, compile=compile_net).load(entry)
+    if compile_net:
+        print(f"  {name}: UPSCALER_COMPILE start-up: {entry.meta.get('compiled')}", flush=True)
     runner = entry.runner
     assert runner is not None, entry.reason
     if device == "cuda":
@@ -141,6 +145,7 @@ def bench_case(
     t_realesrgan = median_s(lambda: realesrgan_way(nchw, image, device), device, repeat)
     nchw.cpu()
     t_engine, peak_mb = engine_s(name, weights_file, image, device, repeat)
+    t_engine_c = engine_s(name, weights_file, image, device, repeat, True)[0] if compile_net else None
     if device == "cuda":
         torch.cuda.empty_cache()
 
@@ -155,7 +160,7 @@ def bench_case(
     return [
         f"{name} {size}²→{size * scale}²",
         f"{t_limit:.4f} s ({gflop / t_limit / 1000:.0f} TFLOP/s)",
-        f"{t_compiled:.4f} s" if t_compiled is not None else "-",
+        f"{t_compiled:.4f} s / engine {t_engine_c:.4f} s" if t_compiled and t_engine_c else "-",
         f"{t_realesrgan:.4f} s ({t_realesrgan / t_limit:.2f}x)",
         f"{t_engine:.4f} s ({t_engine / t_limit:.2f}x)",
         f"{t_png:.4f} s ({t_png / t_limit:.2f}x)",
@@ -168,7 +173,7 @@ def bench_case(
 HEAD = [
     "case",
     "limit: fp16 channels_last forward, input on the device",
-    "compiled",
+    "compiled: limit / engine",
     "Real-ESRGAN's way",
     "engine in-process",
     "HTTP, PNG out",

@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -262,17 +263,45 @@ class TorchRunner:
                 x = quantize_tensor(torch, x, bit_depth)
             return self._to_host(x)
 
+    def compile(self) -> float:
+        """torch.compile the net and compile it now (not on the first request); returns the seconds.
+
+        Dynamic shapes: one graph serves every window side and batch the tile plans make (Inductor
+        fuses the activations, residual scalings and concatenations around the convolutions, which
+        stay cuDNN's / oneDNN's whatever the shape). The warm-ups make the compiles happen here, not on
+        a request: unequal sides (equal ones would be assumed equal from then on), batches of one (a
+        size of 1 is specialised) and of two, and sizes on both sides of the small-input convolution
+        choice. A later shape outside those guards compiles once more, on its first request.
+        Inductor's own cache (TORCHINDUCTOR_CACHE_DIR) makes a restart's compile much shorter."""
+        torch = self.torch
+        t0 = time.perf_counter()
+        self.net = torch.compile(self.net, dynamic=True)
+        d, m = self.descriptor, self.size_multiple
+        with torch.inference_mode(), self._stream():
+            for batch, h, w in ((1, 32, 48), (1, 96, 128), (2, 128, 160), (2, 32, 48)):
+                h, w = max(h, d.size_minimum), max(w, d.size_minimum)
+                self.forward(torch.zeros((batch, d.in_ch, h - h % m, w - w % m), device=self.device))
+            if self.device == "cuda":
+                torch.cuda.current_stream().synchronize()
+        return time.perf_counter() - t0
+
 
 class PyTorchBackend:
     name: str = "pytorch"
     suffixes: tuple[str, ...] = SUFFIXES
 
     def __init__(
-        self, device: str = "auto", precision: str = "auto", tile: int | None = None, threads: int = 0
+        self,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | None = None,
+        threads: int = 0,
+        compile: bool = False,
     ) -> None:
         self.requested_device = device
         self.requested_precision = precision
         self.tile = tile
+        self.compile = compile
         self.threads = threads
         self.torch: Any = None
         self.version: str | None = None
@@ -337,4 +366,15 @@ class PyTorchBackend:
             entry.reason = f"warm-up failed: {one_line(exc)}"
             entry.fallback_reason = "model_error"
             return
+        if self.compile:
+            try:
+                seconds = runner.compile()
+                entry.meta["compiled"] = f"torch.compile, {seconds:.0f} s at start-up"
+                log.info("compiled %s in %.1f s", entry.name, seconds)
+            except Exception as exc:  # the eager net still serves
+                runner.net = net
+                entry.meta["compiled"] = f"no: {one_line(exc)}"
+                log.warning(
+                    "torch.compile failed for %s, serving it uncompiled: %s", entry.name, one_line(exc)
+                )
         entry.runner = runner

@@ -126,11 +126,10 @@ def _weights(torch: Any, kh: int, kw: int, bands: tuple[int, int, int, int], dev
 
 def quantize_tensor(torch: Any, y: Any, bit_depth: int) -> Any:
     """float (about 0..1) -> uint8, or for 16 bits int16 holding v - 32768 (torch has no general
-    uint16; the host adds 32768 back with `from_offset16`). Rounded to nearest and clipped as
-    app.imaging.pixels.quantize does; NaN becomes 0."""
+    uint16; the host adds 32768 back). Rounded to nearest and clipped as app.imaging.pixels.quantize
+    does; NaN becomes 0. A float32 `y` is worked on in place (no second output-sized float buffer)."""
     peak = 65535.0 if bit_depth == 16 else 255.0
-    y = torch.nan_to_num(y.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0).mul_(peak).add_(0.5)
-    y = y.floor_()
+    y = y.float().nan_to_num_(nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0).mul_(peak).add_(0.5).floor_()
     if bit_depth == 16:
         return y.sub_(32768.0).to(torch.int16)
     return y.to(torch.uint8)

@@ -2,16 +2,17 @@
 writes them.
 
 Why by hand: PNG output was the largest host cost of a request (Pillow's encoder runs zlib on one
-thread: 0.21 s for a 2048² RGB picture on this project's CPU machine, more than the whole neural pass
-of the shipped models on a GPU). No maintained encoder offers fast deflate, every core, 8 and 16 bits
-in gray / gray + alpha / RGB / RGBA, and iCCP and text chunks together (fpng writes 8-bit RGB(A)
-only; pypng is pure Python). So the encoder is a few lines around maintained parts: numpy applies the
-Up filter (one vectorised subtraction), the `isal` package (Intel's ISA-L, about 8x zlib's speed at
-level 1 with a slightly smaller output on photos) deflates, and the raw rows are split into one
-piece per core, each deflated on its own thread and ended with a sync flush so the pieces join into
-one zlib stream (pigz's method); zlib's adler32 of the whole runs meanwhile.
+thread and holds the GIL: 0.21 s for a 2048² RGB picture on this project's CPU machine, more than the
+whole neural pass of the shipped models on a GPU). No maintained encoder offers fast deflate, every
+core, 8 and 16 bits in gray / gray + alpha / RGB / RGBA, and iCCP and text chunks together (fpng
+writes 8-bit RGB(A) only; pypng is pure Python). So the encoder is a few lines around maintained
+parts: numpy filters the rows, the `isal` package (Intel's ISA-L, about 8x zlib's speed at level 1)
+deflates, and the rows are split into one piece per core, each deflated on its own thread and ended
+with a sync flush so the pieces join into one zlib stream (pigz's method); zlib's adler32 of the
+whole runs meanwhile.
 
-Levels follow Pillow's `compress_level`: 0 stores, 1-3 are ISA-L's levels 1-3, 4-9 are zlib's own
+Levels follow Pillow's `compress_level`: 0 stores; 1-3 are ISA-L's levels 1-3 over the Up filter
+(one vectorised subtraction); 4-9 are zlib's own over a filter chosen per row as libpng does
 (smaller and slower, still spread over the cores).
 """
 
@@ -53,17 +54,60 @@ def chunk(kind: bytes, payload: bytes) -> bytes:
     return b"".join(chunk_parts(kind, payload))
 
 
-def filtered_rows(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8 / uint16 -> the (H, 1 + W*C*bytes) PNG scanlines, each the Up filter's byte and
-    the row minus the row above, byte by byte modulo 256 (16-bit samples big-endian, as PNG stores
-    them)."""
-    h = pixels.shape[0]
+def _as_rows(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 / uint16 -> (H, W*C*bytes) uint8 rows as PNG stores them (16 bits big-endian)."""
     rows = np.ascontiguousarray(pixels, dtype=">u2" if pixels.dtype == np.uint16 else np.uint8)
-    rows = rows.view(np.uint8).reshape(h, -1)
-    out = np.empty((h, rows.shape[1] + 1), np.uint8)
+    return rows.view(np.uint8).reshape(pixels.shape[0], -1)
+
+
+def filtered_rows(pixels: np.ndarray) -> np.ndarray:
+    """The (H, 1 + row bytes) PNG scanlines with the Up filter: each row's filter byte and the row
+    minus the row above, byte by byte modulo 256."""
+    rows = _as_rows(pixels)
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
     out[:, 0] = UP
     out[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
+    return out
+
+
+def _adaptive_piece(rows: np.ndarray, above: np.ndarray, bpp: int, out: np.ndarray) -> None:
+    """Filter `rows` (the row before them is `above`) into `out`: per row the filter of Sub, Up,
+    Average and Paeth whose bytes, read as signed, sum to the least in absolute value (libpng's
+    heuristic). Every filter reads the unfiltered neighbours only, so whole blocks filter at once."""
+    x = rows.astype(np.int16)
+    b = np.vstack([above[None].astype(np.int16), x[:-1]])  # up
+    a = np.zeros_like(x)
+    a[:, bpp:] = x[:, :-bpp]  # left
+    c = np.zeros_like(x)
+    c[:, bpp:] = b[:, :-bpp]  # up-left
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    candidates = np.stack([x - a, x - b, x - ((a + b) >> 1), x - paeth]).astype(np.uint8)  # types 1..4
+    score = np.abs(candidates.view(np.int8).astype(np.int16)).sum(axis=2, dtype=np.int64)
+    best = score.argmin(axis=0)
+    out[:, 0] = best + 1
+    out[:, 1:] = candidates[best, np.arange(len(rows))]
+
+
+def adaptive_rows(pixels: np.ndarray) -> np.ndarray:
+    """The PNG scanlines with a filter chosen per row (Sub, Up, Average or Paeth), for the smaller
+    files of levels 4-9. Row blocks of about MIN_PIECE bytes filter on every core: a block's working
+    arrays are about 20x its bytes, so the extra memory stays near cores x 20 MiB whatever the size."""
+    rows = _as_rows(pixels)
+    h = rows.shape[0]
+    bpp = pixels.shape[2] * pixels.dtype.itemsize
+    out = np.empty((h, rows.shape[1] + 1), np.uint8)
+    zero = np.zeros(rows.shape[1], np.uint8)
+    blocks = max(1, min(h, -(-rows.size // MIN_PIECE)))
+    edges = [h * i // blocks for i in range(blocks + 1)]
+    jobs = [
+        _threads().submit(_adaptive_piece, rows[a:b], rows[a - 1] if a else zero, bpp, out[a:b])
+        for a, b in itertools.pairwise(edges)
+        if b > a
+    ]
+    for job in jobs:
+        job.result()
     return out
 
 
@@ -121,7 +165,8 @@ def write_png(pixels: np.ndarray, level: int, icc: bytes | None, text: dict[str,
         parts.append(chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     parts.extend(c for c in (text_chunk(k, v) for k, v in text.items()) if c is not None)
     # One IDAT per part of the stream (a decoder joins consecutive IDATs): no copy of the whole.
-    for part in deflate(filtered_rows(pixels).data, level):
+    scanlines = adaptive_rows(pixels) if level >= 4 else filtered_rows(pixels)
+    for part in deflate(scanlines.data, level):
         parts.extend(chunk_parts(b"IDAT", part))
     parts.append(chunk(b"IEND", b""))
     return b"".join(parts)

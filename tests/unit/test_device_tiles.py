@@ -174,3 +174,29 @@ def test_two_passes_stay_on_the_device() -> None:
 )  # fmt: skip
 def test_model_passes(size: int, scale: int, factor: float, max_pixels: int, passes: int) -> None:
     assert model_passes(size, size, scale, factor, max_pixels) == passes
+
+
+@pytest.mark.slow
+# torch's own compile machinery warns about its own deprecated API
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_runner_gives_the_eager_pixels(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from app.backends.base import ModelEntry
+    from app.backends.pytorch import PyTorchBackend
+
+    path = tmp_path / "c.safetensors"
+    save_file({k: v.contiguous() for k, v in compact_net(4, num_feat=16).state_dict().items()}, str(path))
+    eager, compiled = ModelEntry("c", "pytorch", path), ModelEntry("c", "pytorch", path)
+    PyTorchBackend("cpu", "fp32").load(eager)
+    PyTorchBackend("cpu", "fp32", compile=True).load(compiled)
+    assert compiled.runner is not None
+    assert compiled.meta["compiled"].startswith("torch.compile"), compiled.meta
+    assert "compiled" not in eager.meta
+    img = textured(77, 61)
+    for tile in (0, 32):
+        np.testing.assert_allclose(
+            run_model(img, compiled.runner, 4.0, tile=tile, pad=8),
+            run_model(img, eager.runner, 4.0, tile=tile, pad=8),  # type: ignore[arg-type]
+            atol=1e-4,
+        )

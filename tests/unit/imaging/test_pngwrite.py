@@ -96,3 +96,38 @@ def test_level_1_size_is_close_to_pillows(datasets: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG", compress_level=1)
     assert len(write_png(arr, 1, None, {})) <= 1.15 * len(buf.getvalue())
+
+
+@pytest.mark.parametrize("planes", [1, 3, 4])
+def test_levels_4_to_9_choose_a_filter_per_row(
+    datasets: Path, monkeypatch: pytest.MonkeyPatch, planes: int
+) -> None:
+    monkeypatch.setattr(pngwrite, "MIN_PIECE", 20_000)  # several row blocks, each with its row above
+    smooth = Image.fromarray(real_photo(datasets)).resize((600, 500), Image.Resampling.BICUBIC)
+    arr = (
+        np.asarray(smooth.convert("RGBA"))[..., :planes]
+        if planes != 1
+        else np.asarray(smooth.convert("L"))[..., None]
+    )
+    data = write_png(arr, 6, None, {})
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))).reshape(arr.shape), arr)
+    raw = zlib.decompress(b"".join(p for p in _idat(data)))
+    kinds = set(raw[i * (1 + arr.shape[1] * planes)] for i in range(arr.shape[0]))
+    assert len(kinds) >= 2 and kinds <= {1, 2, 3, 4}
+    assert len(data) < len(write_png(arr, 1, None, {}))
+
+
+def test_16_bit_rows_filter_per_row_too() -> None:
+    arr = random16(40, 30, 3) // 64 * 64  # fewer distinct values: something to compress
+    rows = png.Reader(bytes=write_png(arr, 9, None, {})).read()[2]
+    assert np.array_equal(np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(arr.shape), arr)
+
+
+def _idat(data: bytes) -> list[bytes]:
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = np.frombuffer(data[pos : pos + 4], ">u4")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            out.append(data[pos + 8 : pos + 8 + int(length)])
+        pos += 12 + int(length)
+    return out
