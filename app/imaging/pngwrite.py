@@ -8,8 +8,8 @@ core, 8 and 16 bits in gray / gray + alpha / RGB / RGBA, and iCCP and text chunk
 writes 8-bit RGB(A) only; pypng is pure Python). So the encoder is a few lines around maintained
 parts: numpy filters the rows, the `isal` package (Intel's ISA-L, about 8x zlib's speed at level 1)
 deflates, and the rows are split into one piece per core, each deflated on its own thread and ended
-with a sync flush so the pieces join into one zlib stream (pigz's method); zlib's adler32 of the
-whole runs meanwhile.
+with a sync flush so the pieces join into one zlib stream (pigz's method). Each piece is its own IDAT
+chunk, its CRC and adler32 computed on its thread; the adler32s combine as zlib's adler32_combine.
 
 Levels follow Pillow's `compress_level`: 0 stores; 1-3 are ISA-L's levels 1-3 over the Up filter
 (one vectorised subtraction); 4-9 are zlib's own over a filter chosen per row as libpng does
@@ -44,14 +44,9 @@ def _threads() -> ThreadPoolExecutor:
     return _pool
 
 
-def chunk_parts(kind: bytes, payload: bytes) -> list[bytes]:
-    """A PNG chunk as its parts (length, type, payload, CRC): joined once, with the whole file."""
-    crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
-    return [struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)]
-
-
 def chunk(kind: bytes, payload: bytes) -> bytes:
-    return b"".join(chunk_parts(kind, payload))
+    crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
 def _as_rows(pixels: np.ndarray) -> np.ndarray:
@@ -111,29 +106,50 @@ def adaptive_rows(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _deflate_piece(raw: memoryview, level: int, last: bool) -> bytes:
+def _idat_piece(raw: memoryview, level: int, last: bool) -> tuple[bytes, int]:
+    """One piece of the zlib stream, deflated (ended with a sync flush unless `last`) and wrapped as
+    a whole IDAT chunk, with the adler32 of its raw bytes: the CRC and the checksum run on this
+    thread too, beside the other pieces."""
     if level == 0 or level >= 4:
         packer: Any = zlib.compressobj(level, zlib.DEFLATED, -15)
         end = zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
     else:
         packer = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
         end = isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH
-    return bytes(packer.compress(raw)) + bytes(packer.flush(end))
+    body, tail = packer.compress(raw), packer.flush(end)
+    crc = isal_zlib.crc32(tail, isal_zlib.crc32(body, isal_zlib.crc32(b"IDAT"))) & 0xFFFFFFFF
+    head = struct.pack(">I", len(body) + len(tail)) + b"IDAT"
+    return b"".join((head, body, tail, struct.pack(">I", crc))), isal_zlib.adler32(raw)
 
 
-def deflate(raw: bytes | memoryview, level: int) -> list[bytes]:
-    """One zlib stream of `raw` as its parts: the header, each piece's deflate data (deflated in
-    parallel), the adler32."""
-    view = memoryview(raw)
+def adler32_combine(first: int, second: int, second_len: int) -> int:
+    """The adler32 of two byte strings joined, from theirs (zlib's adler32_combine, which Python's
+    zlib module does not offer)."""
+    base = 65521
+    rem = second_len % base
+    s1 = ((first & 0xFFFF) + (second & 0xFFFF) + base - 1) % base
+    s2 = (rem * (first & 0xFFFF) + (first >> 16) + (second >> 16) + base - rem) % base
+    return (s2 << 16) | s1
+
+
+def idat_chunks(raw: bytes | memoryview, level: int) -> list[bytes]:
+    """One zlib stream of `raw` as consecutive IDAT chunks (a decoder joins them): the zlib header,
+    one chunk per piece (deflated in parallel), the adler32."""
+    view = memoryview(raw).cast("B")  # bytes, whatever the shape of the array behind it
     pieces = max(1, min(os.cpu_count() or 1, len(view) // MIN_PIECE))
     bounds = [len(view) * i // pieces for i in range(pieces + 1)]
     jobs = [
-        _threads().submit(_deflate_piece, view[a:b], level, i == pieces - 1)
+        _threads().submit(_idat_piece, view[a:b], level, i == pieces - 1)
         for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
-    check = zlib.adler32(view)  # on this thread, while the pieces deflate (zlib releases the GIL)
     header = b"\x78\x01" if level <= 3 else b"\x78\x9c"  # fastest / default compression; both % 31 == 0
-    return [header, *(job.result() for job in jobs), struct.pack(">I", check & 0xFFFFFFFF)]
+    chunks, check = [chunk(b"IDAT", header)], 1
+    for job, (a, b) in zip(jobs, itertools.pairwise(bounds), strict=True):
+        data, adler = job.result()
+        chunks.append(data)
+        check = adler32_combine(check, adler, b - a)
+    chunks.append(chunk(b"IDAT", struct.pack(">I", check)))
+    return chunks
 
 
 def text_chunk(key: str, value: str) -> bytes | None:
@@ -164,9 +180,7 @@ def write_png(pixels: np.ndarray, level: int, icc: bytes | None, text: dict[str,
     if icc:
         parts.append(chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     parts.extend(c for c in (text_chunk(k, v) for k, v in text.items()) if c is not None)
-    # One IDAT per part of the stream (a decoder joins consecutive IDATs): no copy of the whole.
     scanlines = adaptive_rows(pixels) if level >= 4 else filtered_rows(pixels)
-    for part in deflate(scanlines.data, level):
-        parts.extend(chunk_parts(b"IDAT", part))
+    parts.extend(idat_chunks(scanlines.data, level))
     parts.append(chunk(b"IEND", b""))
     return b"".join(parts)

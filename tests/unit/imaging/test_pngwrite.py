@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from app.imaging import pngwrite
-from app.imaging.pngwrite import deflate, filtered_rows, text_chunk, write_png
+from app.imaging.pngwrite import (
+    SIGNATURE,
+    adler32_combine,
+    chunk,
+    filtered_rows,
+    idat_chunks,
+    text_chunk,
+    write_png,
+)
 from tests.support.images import SRGB, fake_icc, png_chunk_types, random16
 
 
@@ -78,9 +86,29 @@ def test_pieces_deflated_in_parallel_are_one_zlib_stream(monkeypatch: pytest.Mon
     monkeypatch.setattr(pngwrite.os, "cpu_count", lambda: 5)
     raw = np.random.default_rng(0).integers(0, 40, 123_457, dtype=np.uint8).tobytes()
     for level in (0, 1, 3, 6):
-        parts = deflate(raw, level)
-        assert len(parts) == 5 + 2  # header, five pieces, adler32
-        assert zlib.decompress(b"".join(parts)) == raw  # checks the header and the adler32 too
+        chunks = idat_chunks(raw, level)
+        assert len(chunks) == 5 + 2  # header, five pieces, adler32
+        whole = SIGNATURE + b"".join(chunks) + chunk(b"IEND", b"")
+        assert png_chunk_types(whole) == [b"IDAT"] * 7 + [b"IEND"]  # their CRCs checked too
+        assert zlib.decompress(b"".join(_idat(whole))) == raw  # the header and the adler32 too
+
+
+def test_the_scanlines_of_an_image_split_into_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scanlines are a 2-D array: its bytes, not its rows, are what the pieces divide.
+    monkeypatch.setattr(pngwrite.os, "cpu_count", lambda: 4)
+    rows = filtered_rows(np.random.default_rng(2).integers(0, 9, (1024, 1024, 3), dtype=np.uint8))
+    chunks = idat_chunks(rows.data, 1)
+    assert rows.nbytes // pngwrite.MIN_PIECE == 3 and len(chunks) == 3 + 2  # header, 3 pieces, adler32
+    assert (
+        zlib.decompress(b"".join(_idat(SIGNATURE + b"".join(chunks) + chunk(b"IEND", b"")))) == rows.tobytes()
+    )
+
+
+def test_adler32_combine_as_zlib() -> None:
+    data = np.random.default_rng(1).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    for cut in (0, 1, 65521, 100_000, 200_003):
+        a, b = zlib.adler32(data[:cut]), zlib.adler32(data[cut:])
+        assert adler32_combine(a, b, len(data) - cut) == zlib.adler32(data)
 
 
 def test_up_filter_is_the_row_difference_modulo_256() -> None:
