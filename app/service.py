@@ -237,10 +237,10 @@ class UpscaleService:
         """decode -> run (model or LANCZOS) -> finish -> encode, inside the request's memory reservation;
         every step bounded by the request's deadline."""
         decoded = await stages.run(decode, plan.header)
-        choice, picture = plan.choice, None
+        choice, upscaled = plan.choice, None
         if choice.entry is not None:
             try:
-                picture = await self._neural(decoded, choice.entry, plan.target, stages)
+                upscaled = await self._neural(decoded, choice.entry, plan.target, stages)
             except (OutOfMemory, ModelFailed) as exc:
                 reason = OUT_OF_MEMORY if isinstance(exc, OutOfMemory) else MODEL_ERROR
                 if not job.fallback:
@@ -250,8 +250,6 @@ class UpscaleService:
         elif choice.reason:
             self.record_fallback(job.model or "auto", choice.reason, choice.detail)
         nearest = choice.entry is None and (job.model or "").strip().lower() == NEAREST
-        if picture is None:
-            picture = await stages.run(self._resize, decoded, plan.target, nearest)
         text, icc, dropped = cap_metadata(
             decoded.text, decoded.icc_profile, self.settings.max_metadata_kb * 1024
         )
@@ -260,15 +258,26 @@ class UpscaleService:
                 "metadata over UPSCALER_MAX_METADATA_KB not carried to the output: %s",
                 ", ".join(dropped)[:500],
             )
-        encoded = await stages.run(
-            encode,
-            picture,
-            plan.out_format,
-            quality=job.quality,
-            png_level=self.settings.png_compress_level,
-            icc_profile=icc,
-            text=text,
-        )
+
+        def render() -> bytes:
+            """Finish (the model's output, or LANCZOS from the input) and encode: one step, one thread
+            hop. A request given up meanwhile (deadline, client gone) does not start the encode."""
+            if upscaled is not None:
+                picture = self._finish(upscaled, decoded, plan.target)
+            else:
+                picture = self._resize(decoded, plan.target, nearest)
+            if stages.cancel.is_set():
+                raise Cancelled()
+            return encode(
+                picture,
+                plan.out_format,
+                quality=job.quality,
+                png_level=self.settings.png_compress_level,
+                icc_profile=icc,
+                text=text,
+            )
+
+        encoded = await stages.run(render)
         used = choice.entry
         return Result(
             data=encoded,
@@ -284,14 +293,14 @@ class UpscaleService:
 
     async def _neural(
         self, decoded: DecodedImage, entry: ModelEntry, target: Target, stages: Stages
-    ) -> Picture:
+    ) -> np.ndarray:
+        """The model's output, from the device's queue (see _passes)."""
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
-        upscaled = await self.queue_for(device).run(
+        return await self.queue_for(device).run(
             lambda flag: self._passes(decoded, entry, target, flag),
             timeout_s=stages.deadline - time.monotonic(),
             cancel=stages.cancel,
         )
-        return await stages.run(self._finish, upscaled, decoded, target)
 
     def _passes(
         self, decoded: DecodedImage, entry: ModelEntry, target: Target, cancel: threading.Event
