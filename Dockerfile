@@ -15,7 +15,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --system --gid 10001 upscaler \
     && useradd --system --uid 10001 --gid upscaler --create-home --home-dir /home/upscaler \
-        --shell /usr/sbin/nologin upscaler
+        --shell /usr/sbin/nologin upscaler \
+    && install -d -o upscaler -g upscaler /home/upscaler/.cache/inductor
 
 WORKDIR /app
 
@@ -35,9 +36,12 @@ RUN pip install --no-deps . && rm -rf build ./*.egg-info
 # The shipped models; docker-compose.yml mounts ./weights over this folder read-only.
 COPY weights ./weights
 
+# TORCHINDUCTOR_CACHE_DIR: where UPSCALER_COMPILE=1 keeps its compiled kernels (a volume in Compose,
+# so a restart reuses them instead of compiling again).
 ENV UPSCALER_WEIGHTS_DIR=/app/weights \
     UPSCALER_HOST=0.0.0.0 \
-    UPSCALER_PORT=8000
+    UPSCALER_PORT=8000 \
+    TORCHINDUCTOR_CACHE_DIR=/home/upscaler/.cache/inductor
 
 USER upscaler
 
