@@ -37,6 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.imaging.pngwrite import chunk  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 from scripts.rss import PeakRSS, rss_mb  # noqa: E402
 
@@ -59,10 +60,6 @@ SETTINGS = {
 # -- hostile inputs -----------------------------------------------------------------------------------
 
 
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 def small_png(w: int = 16, h: int = 12) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -72,7 +69,7 @@ def small_png(w: int = 16, h: int = 12) -> bytes:
 def metadata_bomb() -> bytes:
     """63 zTXt chunks, each 1 MB of text compressed to ~1 KB."""
     data = small_png()
-    bomb = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * MB, 9))
+    bomb = chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * MB, 9))
     return data[:33] + bomb * 63 + data[33:]
 
 
@@ -93,8 +90,8 @@ def multipage_tiff(pages: int = 100) -> bytes:
 
 def huge_headers() -> dict[str, bytes]:
     """Files whose headers claim enormous sizes, with almost no pixel data."""
-    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
-    png += png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     jpeg = bytearray(io.BytesIO().getvalue())
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "JPEG")

@@ -18,25 +18,17 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import simplejpeg
+
+from app.imaging.threads import pool
 
 MCU = 16  # pixels: the MCU height of 4:2:0 colour (and a multiple of gray's 8)
 MIN_STRIP_PIXELS = 1 << 18  # pixels per strip at least: smaller strips cost more than they save
 SOF0, SOS = 0xC0, 0xDA
 EOI = b"\xff\xd9"
 ICC_CHUNK = 65519  # profile bytes per APP2 segment (65535 - 2 length - 12 "ICC_PROFILE\0" - 2 seq/count)
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jpeg-strip")
-    return _pool
 
 
 def _encode(pixels: np.ndarray, quality: int) -> bytes:
@@ -90,7 +82,7 @@ def write_jpeg(pixels: np.ndarray, quality: int, icc_profile: bytes | None) -> b
         pieces = [_encode(pixels, quality)]
     else:
         bounds = [*range(0, h, per_strip * MCU), h]
-        jobs = [_threads().submit(_encode, pixels[a:b], quality) for a, b in itertools.pairwise(bounds)]
+        jobs = [pool().submit(_encode, pixels[a:b], quality) for a, b in itertools.pairwise(bounds)]
         pieces = [job.result() for job in jobs]
     interval = per_strip * (MCU // (8 if planes == 1 else MCU)) * mcus_per_row
     return _join(pieces, h, interval, icc_segments(icc_profile) if icc_profile else b"")

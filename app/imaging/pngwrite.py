@@ -22,26 +22,18 @@ import itertools
 import os
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from isal import isal_zlib
+
+from app.imaging.threads import pool
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # planes -> PNG colour type (gray, gray + alpha, RGB, RGBA)
 UP = 2  # the PNG filter type used for every row
 MIN_PIECE = 1 << 20  # raw bytes per thread at least: smaller pieces cost more in set-up than they save
 ZTXT_ABOVE = 1024  # text values longer than this are stored compressed (as Pillow's add_text(zip=...))
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="png-deflate")
-    return _pool
 
 
 def chunk(kind: bytes, payload: bytes) -> bytes:
@@ -97,7 +89,7 @@ def adaptive_rows(pixels: np.ndarray) -> np.ndarray:
     blocks = max(1, min(h, -(-rows.size // MIN_PIECE)))
     edges = [h * i // blocks for i in range(blocks + 1)]
     jobs = [
-        _threads().submit(_adaptive_piece, rows[a:b], rows[a - 1] if a else zero, bpp, out[a:b])
+        pool().submit(_adaptive_piece, rows[a:b], rows[a - 1] if a else zero, bpp, out[a:b])
         for a, b in itertools.pairwise(edges)
         if b > a
     ]
@@ -139,7 +131,7 @@ def idat_chunks(raw: bytes | memoryview, level: int) -> list[bytes]:
     pieces = max(1, min(os.cpu_count() or 1, len(view) // MIN_PIECE))
     bounds = [len(view) * i // pieces for i in range(pieces + 1)]
     jobs = [
-        _threads().submit(_idat_piece, view[a:b], level, i == pieces - 1)
+        pool().submit(_idat_piece, view[a:b], level, i == pieces - 1)
         for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
     header = b"\x78\x01" if level <= 3 else b"\x78\x9c"  # fastest / default compression; both % 31 == 0

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from app import service as service_module
+from app.imaging.pngwrite import chunk
 from tests.conftest import ClientFactory
 from tests.support.http import ok
 from tests.support.images import SRGB, gradient_image, png_bytes
@@ -98,11 +99,8 @@ def test_hostile_icc_profile_over_the_cap_is_dropped(make_client: ClientFactory)
 def test_hostile_zip_bomb_text_stays_bounded(client: TestClient) -> None:
     """A 1 MB zTXt chunk compresses to ~1 KB: the upload is small, what it would carry is not."""
     text = "a" * (1 << 20)
-    chunk = b"bomb\x00\x00" + zlib.compress(text.encode(), 9)
     data = bytearray(png_bytes(gradient_image(16, 12)))
-    import struct
-
-    ztxt = struct.pack(">I", len(chunk)) + b"zTXt" + chunk + struct.pack(">I", zlib.crc32(b"zTXt" + chunk))
+    ztxt = chunk(b"zTXt", b"bomb\x00\x00" + zlib.compress(text.encode(), 9))
     bombed = bytes(data[:33]) + ztxt * 40 + bytes(data[33:])
     assert len(bombed) < 100_000
     resp = ok(post(client, bombed, model="lanczos"))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import ClientFactory
 from tests.support.http import ok
-from tests.support.images import decode_response, gradient_image, png_bytes
+from tests.support.images import crafted_png, decode_response, gradient_image, png_bytes
 from tests.support.stubs import add_stub
 
 PNG = png_bytes(gradient_image(40, 30))
@@ -23,23 +21,6 @@ PNG = png_bytes(gradient_image(40, 30))
 
 def post(client: TestClient, data: bytes = PNG, **fields: str):  # type: ignore[no-untyped-def]
     return client.post("/upscale", files={"image": ("in.png", data, "image/png")}, data=fields)
-
-
-def huge_png_header(w: int, h: int) -> bytes:
-    """A PNG whose IHDR claims w x h, with a token IDAT: refusing it must not need the pixels."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def assert_error(resp, status: int, type_: str) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +185,7 @@ def test_upscale_unsupported_media_type(client: TestClient) -> None:
 
 
 def test_upscale_huge_header_refused_before_decoding(client: TestClient) -> None:
-    assert_error(post(client, data=huge_png_header(60000, 60000)), 413, "image_too_large")
+    assert_error(post(client, data=crafted_png(60000, 60000)), 413, "image_too_large")
 
 
 def test_upscale_output_over_limit(make_client: ClientFactory) -> None:

@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 from app.imaging.decode import DecodedImage, decode, probe
 from app.imaging.encode import encode as encode_picture
 from app.imaging.pixels import Picture
+from app.imaging.pngwrite import chunk
 
 LIMIT = 16_777_216
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -26,10 +27,6 @@ SD_TEXT = {
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 def crafted_png(w: int, h: int) -> bytes:
     """A valid-looking 8-bit RGB PNG whose IHDR claims w x h, with a token IDAT far too short for it."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)

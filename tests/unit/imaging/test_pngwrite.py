@@ -152,10 +152,4 @@ def test_16_bit_rows_filter_per_row_too() -> None:
 
 
 def _idat(data: bytes) -> list[bytes]:
-    out, pos = [], 8
-    while pos < len(data):
-        (length,) = np.frombuffer(data[pos : pos + 4], ">u4")
-        if data[pos + 4 : pos + 8] == b"IDAT":
-            out.append(data[pos + 8 : pos + 8 + int(length)])
-        pos += 12 + int(length)
-    return out
+    return [payload for kind, payload in png.Reader(bytes=data).chunks() if kind == b"IDAT"]
