@@ -350,8 +350,9 @@ class UpscaleService:
             ys = np.arange(size[1]) * pixels.shape[0] // size[1]
             xs = np.arange(size[0]) * pixels.shape[1] // size[0]
             return Picture(np.ascontiguousarray(pixels[ys][:, xs])).crop(target.crop)
-        if decoded.image is not None:
-            return Picture.from_pil(decoded.image.resize(size, Image.Resampling.LANCZOS)).crop(target.crop)
+        image = decoded.pil()
+        if image is not None:
+            return Picture.from_pil(image.resize(size, Image.Resampling.LANCZOS)).crop(target.crop)
         color = resize_array(to_unit_float(decoded.pixels), size)
         alpha = None
         if decoded.alpha is not None:

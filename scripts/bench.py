@@ -19,6 +19,7 @@ benchmark ran, and output encode times per format. Nothing here is asserted: it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -291,6 +292,72 @@ def bench_encode(size: int) -> None:
     )
 
 
+class BusyThread:
+    """A thread running Python, as the event loop and the model threads do in the service: a decoder
+    that gives the GIL back and takes it again for every block waits on it each time."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+
+    def __enter__(self) -> BusyThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_decode() -> None:
+    """Pillow's decode (pypng for 16-bit colour) into numpy, the service's before app/imaging/pngread.py,
+    beside the service's probe + decode; alone, and beside a thread running Python."""
+    import png as pypng
+
+    from app.imaging.decode import decode, probe
+    from app.imaging.png16 import read as pypng_read
+
+    def pillow_array(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im)
+
+    big = np.asarray(test_image(1024)).astype(np.uint16) * 257
+    buf = io.BytesIO()
+    pypng.Writer(1024, 1024, greyscale=False, bitdepth=16).write_array(buf, big.reshape(-1))
+    jpeg = io.BytesIO()
+    test_image(2048).save(jpeg, "JPEG", quality=90)
+    cases = [
+        ("PNG RGB 768² (the hires-fix input)", png(test_image(768)), pillow_array),
+        ("PNG RGB 2048²", png(test_image(2048)), pillow_array),
+        ("PNG 16-bit RGB 1024² (pypng before)", buf.getvalue(), lambda d: pypng_read(d)[0]),
+        ("JPEG q90 2048²", jpeg.getvalue(), pillow_array),
+    ]
+    rows = []
+    for label, data, before in cases:
+
+        def ours(data: bytes = data) -> np.ndarray:
+            return decode(probe(data, 1 << 26)).pixels
+
+        assert np.array_equal(ours().reshape(-1), np.asarray(before(data))[..., :3].reshape(-1))
+        row = [label]
+        for busy in (False, True):
+            with BusyThread() if busy else contextlib.nullcontext():
+                t_before = min(timed(lambda data=data, f=before: f(data))[0] for _ in range(5))
+                t_ours = min(timed(ours)[0] for _ in range(5))
+            row += [f"{t_before * 1000:.1f}", f"{t_ours * 1000:.1f}", f"{t_before / t_ours:.1f}x"]
+        rows.append(row)
+    table(
+        "Decoding an upload into numpy (ms, best of 5)",
+        ["input", "before", "service", "speed-up", "busy: before", "busy: service", "speed-up"],
+        rows,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", type=Path, help="more checkpoints to benchmark")
@@ -370,6 +437,7 @@ def main() -> None:
                 ]
             ],
         )
+    bench_decode()
     bench_encode(2048)
 
 
@@ -428,6 +496,7 @@ def main_gpu(args: argparse.Namespace) -> None:
         f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "
         f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
     )
+    bench_decode()
     bench_encode(2048)
 
 

@@ -1,10 +1,13 @@
 """Read uploads: probe the header once, then decode the pixels from what the probe opened.
 
 Limits are checked from the header before any pixel is decoded. A decoded image keeps what the output
-must carry: alpha, grayscale, 16-bit depth (`I;16` grayscale through Pillow; 16-bit colour, 16-bit gray
-with alpha and 16-bit `tRNS` PNGs through pypng, since Pillow narrows those to 8 bits), the ICC profile
-and PNG text chunks (an SD pipeline's `parameters`, ComfyUI's `prompt` / `workflow`). EXIF orientation is
-applied on decode, and the header's size is the size after it.
+must carry: alpha, grayscale, 16-bit depth, the ICC profile and PNG text chunks (an SD pipeline's
+`parameters`, ComfyUI's `prompt` / `workflow`). EXIF orientation is applied on decode, and the header's
+size is the size after it.
+
+Most uploads (8- and 16-bit PNGs, YCbCr and gray JPEGs) are decoded straight into numpy by libpng and
+libjpeg-turbo with the GIL released (`_direct`); the rest go through Pillow, and 16-bit PNGs that
+Pillow would narrow to 8 bits and libpng is not given (a `tRNS` key colour, interlaced) through pypng.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from app.imaging import png16
+from app.imaging import png16, pngread
 
 # Pixel limits are the service's own (checked from the header in probe); Pillow's decompression-bomb
 # guard would only duplicate them, and a per-call warnings filter is not thread-safe.
@@ -84,8 +87,8 @@ class DecodedImage:
     """An upload, oriented, split into what the models see and what rides along.
 
     `pixels` is (H, W, C) with C = 1 (grayscale) or 3 (colour), uint8 or uint16 per `bit_depth`;
-    `alpha` is (H, W) of the same dtype or None. `image` is the same picture as a Pillow image for the
-    LANCZOS path (None for 16-bit colour and 16-bit gray with alpha, which Pillow cannot hold).
+    `alpha` is (H, W) of the same dtype or None. `image` is the Pillow image it was decoded through,
+    if any: `pil()` gives the picture as a Pillow image for the LANCZOS path.
     """
 
     pixels: np.ndarray
@@ -103,6 +106,15 @@ class DecodedImage:
     @property
     def gray(self) -> bool:
         return self.pixels.shape[2] == 1
+
+    def pil(self) -> Image.Image | None:
+        """The picture as a Pillow image (L, LA, RGB, RGBA or I;16), made on first use when it was
+        decoded straight into numpy; None for 16-bit colour and 16-bit gray with alpha, which Pillow
+        cannot hold."""
+        if self.image is None and (self.bit_depth == 8 or (self.gray and self.alpha is None)):
+            planes = self.pixels if self.alpha is None else np.dstack([self.pixels, self.alpha])
+            self.image = Image.fromarray(planes[..., 0] if planes.shape[2] == 1 else planes)
+        return self.image
 
 
 def _open(data: bytes) -> Image.Image:
@@ -168,8 +180,12 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _png_text(img: Image.Image, orientation: int) -> dict[str, str]:
-    """PNG text chunks as str. Once orientation is applied, XMP must not ask viewers to apply it again."""
-    text = {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
+    """PNG text chunks as str (reading them decodes the pixels: some follow the image data)."""
+    return _unoriented_xmp({str(k): str(v) for k, v in getattr(img, "text", {}).items()}, orientation)
+
+
+def _unoriented_xmp(text: dict[str, str], orientation: int) -> dict[str, str]:
+    """Once orientation is applied, XMP must not ask viewers to apply it again."""
     if orientation != 1 and _XMP_KEY in text:
         text[_XMP_KEY] = _XMP_ORIENTATION.sub("", text[_XMP_KEY])
     return text
@@ -182,6 +198,9 @@ def decode(header: Header) -> DecodedImage:
     if img is None:
         raise ValueError("decode() takes the header probe() returned")
     orientation = header.orientation
+    direct = _direct(header, img)
+    if direct is not None:
+        return direct
     try:
         img.load()
         icc = img.info.get("icc_profile")
@@ -205,6 +224,36 @@ def decode(header: Header) -> DecodedImage:
         alpha = np.ascontiguousarray(arr[..., -1])
         arr = arr[..., :-1]
     return DecodedImage(np.ascontiguousarray(arr), alpha, bit_depth, header.format, img, icc, text)
+
+
+def _direct(header: Header, img: Image.Image) -> DecodedImage | None:
+    """8- and 16-bit PNGs through libpng (app/imaging/pngread.py) and YCbCr / gray JPEGs through
+    libjpeg-turbo (simplejpeg): decoded straight into numpy with the GIL released, where Pillow takes
+    it back for every block and copies into numpy after. None for everything else (Pillow's path)."""
+    data, orientation, icc = header.data, header.orientation, img.info.get("icc_profile")
+    if header.format == "PNG" and pngread.eligible(data):
+        read = pngread.read(data)
+        if read is None:
+            return None
+        samples, text = read
+        text = _unoriented_xmp(text, orientation)
+    elif header.format == "JPEG" and img.mode in ("RGB", "L"):
+        import simplejpeg
+
+        try:
+            samples = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY")
+        except ValueError as exc:
+            raise InvalidImage(f"image data is broken: {exc}") from None
+        text = {}
+    else:
+        return None
+    samples = _orient(samples, orientation)
+    bit_depth = 16 if samples.dtype == np.uint16 else 8
+    alpha = None
+    if samples.shape[2] in (2, 4):
+        alpha = np.ascontiguousarray(samples[..., -1])
+        samples = np.ascontiguousarray(samples[..., :-1])
+    return DecodedImage(samples, alpha, bit_depth, header.format, None, icc, text)
 
 
 def _working_mode(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:

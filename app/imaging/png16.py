@@ -1,7 +1,8 @@
 """Reading 16-bit PNGs through pypng: Pillow narrows 16-bit colour and gray + alpha PNGs to 8 bits.
 
-pypng is pure Python, so this path is used only for the PNGs that need it (`needs_pypng`); writing
-is app/imaging/pngwrite.py's, for every PNG.
+pypng is pure Python, so this path is used only for the PNGs that need it (`needs_pypng`) and that
+app/imaging/pngread.py does not read (a `tRNS` key colour, interlaced); writing is
+app/imaging/pngwrite.py's, for every PNG.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_decode_keeps_channels_and_alpha(mode: str, channels: int, has_alpha: bo
     dec = decode_bytes(png_bytes(src))
     assert dec.pixels.shape == (30, 40, channels) and dec.pixels.dtype == np.uint8
     assert (dec.bit_depth, dec.format, dec.gray, dec.size) == (8, "PNG", channels == 1, (40, 30))
-    assert dec.image is not None and dec.image.mode == mode
+    assert dec.pil() is not None and dec.pil().mode == mode
     ref = np.asarray(src).reshape(30, 40, -1)
     assert np.array_equal(dec.pixels, ref[..., :channels])
     if has_alpha:
@@ -168,13 +168,13 @@ def test_decode_16bit_gray_png_stays_16bit() -> None:
     dec = decode_bytes(data)
     assert dec.bit_depth == 16 and dec.pixels.dtype == np.uint16 and dec.pixels.shape == (30, 40, 1)
     assert np.array_equal(dec.pixels[..., 0], values) and dec.alpha is None
-    assert dec.image is not None and dec.image.mode == "I;16"
+    assert dec.pil() is not None and dec.pil().mode == "I;16"
 
 
 def test_decode_16bit_gray_with_alpha_stays_gray_and_16bit() -> None:
     arr = random16(30, 40, 2)
     dec = decode_bytes(write_png16(arr))
-    assert dec.bit_depth == 16 and dec.gray and dec.image is None
+    assert dec.bit_depth == 16 and dec.gray and dec.pil() is None
     assert np.array_equal(dec.pixels[..., 0], arr[..., 0])
     assert dec.alpha is not None and np.array_equal(dec.alpha, arr[..., 1])
 
@@ -205,7 +205,7 @@ def test_decode_16bit_rgba_realworld_png(datasets: Path) -> None:
     dec = decode_bytes(data)
     pil8 = np.asarray(decode_response(data))
     assert pil8.dtype == np.uint8 and pil8.shape[2] == 4
-    assert dec.bit_depth == 16 and dec.image is None and dec.size == (342, 256)
+    assert dec.bit_depth == 16 and dec.pil() is None and dec.size == (342, 256)
     assert dec.pixels.dtype == np.uint16 and dec.pixels.shape == (256, 342, 3)
     assert dec.alpha is not None and dec.alpha.dtype == np.uint16
     assert np.abs((dec.pixels >> 8).astype(int) - pil8[..., :3]).max() <= 1
@@ -264,7 +264,7 @@ def test_decode_applies_exif_orientation(orientation: int) -> None:
     expected = np.asarray(ImageOps.exif_transpose(decode_response(data)))
     assert dec.size == (expected.shape[1], expected.shape[0])
     assert np.array_equal(dec.pixels, expected)
-    assert dec.image is not None and np.array_equal(np.asarray(dec.image), expected)
+    assert dec.pil() is not None and np.array_equal(np.asarray(dec.pil()), expected)
 
 
 @pytest.mark.parametrize("orientation", [3, 5, 6, 7, 8])
