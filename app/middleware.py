@@ -35,6 +35,7 @@ EXPOSED_HEADERS = [
     "X-Input-Size",
     "X-Output-Size",
     "X-Processing-Ms",
+    "Server-Timing",
     REQUEST_ID_HEADER,
     "Retry-After",
 ]

@@ -77,8 +77,21 @@ class Stages:
         self.held = held
         self.deadline = deadline
         self.cancel = cancel
+        self.timings: dict[str, float] = {}  # stage -> ms, in the order they ran (Server-Timing)
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def took(self, stage: str, since: float) -> None:
+        """Record a stage that began at perf_counter() `since` and ended now."""
+        self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - since) * 1000.0
+
+    async def run(self, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) on a worker thread, timed as `stage`."""
+        t0 = time.perf_counter()
+        try:
+            return await self._run(fn, *args, **kwargs)
+        finally:
+            self.took(stage, t0)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.cancel.is_set():
             raise Cancelled()
         left = self.deadline - time.monotonic()
@@ -119,6 +132,9 @@ class Result:
     output_size: tuple[int, int]
     elapsed_ms: float
     metadata_dropped: tuple[str, ...] = ()
+    # (stage, ms) in the order they ran: budget (waiting for memory), decode, queue (waiting for the
+    # device), model, encode (finishing, LANCZOS included, and encoding).
+    timings: tuple[tuple[str, float], ...] = ()
 
 
 class UpscaleService:
@@ -229,14 +245,16 @@ class UpscaleService:
         what = (
             f"{plan.header.width}x{plan.header.height} -> {plan.target.width}x{plan.target.height} with {how}"
         )
+        waiting = time.perf_counter()
         async with self.budget.reserve(plan.memory_bytes, deadline, what) as held:
             stages = Stages(held, deadline, cancel or threading.Event())
+            stages.took("budget", waiting)
             return await self._run(job, plan, t0, stages)
 
     async def _run(self, job: Job, plan: Plan, t0: float, stages: Stages) -> Result:
         """decode -> run (model or LANCZOS) -> finish -> encode, inside the request's memory reservation;
         every step bounded by the request's deadline."""
-        decoded = await stages.run(decode, plan.header)
+        decoded = await stages.run("decode", decode, plan.header)
         choice, upscaled = plan.choice, None
         if choice.entry is not None:
             try:
@@ -277,7 +295,7 @@ class UpscaleService:
                 text=text,
             )
 
-        encoded = await stages.run(render)
+        encoded = await stages.run("encode", render)
         used = choice.entry
         return Result(
             data=encoded,
@@ -289,25 +307,40 @@ class UpscaleService:
             output_size=plan.target.output_size,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0,
             metadata_dropped=tuple(dropped),
+            timings=tuple(stages.timings.items()),
         )
 
     async def _neural(
         self, decoded: DecodedImage, entry: ModelEntry, target: Target, stages: Stages
     ) -> np.ndarray:
-        """The model's output, from the device's queue (see _passes)."""
+        """The model's output, from the device's queue (see _passes); timed as `queue` (waiting for the
+        device) and `model` (the run there)."""
         device = getattr(entry.runner, "device", "cpu") if entry.backend == "pytorch" else entry.backend
-        return await self.queue_for(device).run(
-            lambda flag: self._passes(decoded, entry, target, flag),
-            timeout_s=stages.deadline - time.monotonic(),
-            cancel=stages.cancel,
-        )
+        span: list[float] = []  # the run's start and end, written on the device thread
+        submitted = time.perf_counter()
+        try:
+            return await self.queue_for(device).run(
+                lambda flag: self._passes(decoded, entry, target, flag, span),
+                timeout_s=stages.deadline - time.monotonic(),
+                cancel=stages.cancel,
+            )
+        finally:
+            started = span[0] if span else time.perf_counter()
+            stages.timings["queue"] = (started - submitted) * 1000.0
+            if len(span) == 2:
+                stages.timings["model"] = (span[1] - span[0]) * 1000.0
 
     def _passes(
-        self, decoded: DecodedImage, entry: ModelEntry, target: Target, cancel: threading.Event
+        self,
+        decoded: DecodedImage,
+        entry: ModelEntry,
+        target: Target,
+        cancel: threading.Event,
+        span: list[float],
     ) -> np.ndarray:
         """Runs on the device thread. When the model's output is the target size the image comes back
         quantised to the output's bit depth (on the model's device for PyTorch); else as float32 for
-        the LANCZOS finish."""
+        the LANCZOS finish. The run's start and end go into `span`."""
         runner = entry.runner
         assert runner is not None
         s = self.settings
@@ -315,18 +348,22 @@ class UpscaleService:
         grow = runner.scale ** model_passes(h, w, runner.scale, target.factor, s.max_output_pixels)
         exact = (w * grow, h * grow) == (target.width, target.height)
         t0 = time.perf_counter()
-        out = run_model(
-            decoded.pixels,
-            runner,
-            target.factor,
-            tile=s.tile,
-            pad=s.tile_pad,
-            max_pixels=s.max_output_pixels,
-            cancel=cancel,
-            bit_depth=decoded.bit_depth if exact else None,
-        )
+        span.append(t0)
+        try:
+            out = run_model(
+                decoded.pixels,
+                runner,
+                target.factor,
+                tile=s.tile,
+                pad=s.tile_pad,
+                max_pixels=s.max_output_pixels,
+                cancel=cancel,
+                bit_depth=decoded.bit_depth if exact else None,
+            )
+        finally:
+            span.append(time.perf_counter())
         if self.on_inference is not None:
-            self.on_inference(entry.name, entry.backend, time.perf_counter() - t0)
+            self.on_inference(entry.name, entry.backend, span[-1] - t0)
         return out
 
     @staticmethod

@@ -114,17 +114,58 @@ class Server:
         self.url, self.proc = srv.url, srv.proc
         self.http = httpx.Client(timeout=600)
 
-    def upscale(self, data: bytes, **fields: str) -> bytes:
+    def post(self, data: bytes, **fields: str) -> Any:
         resp = self.http.post(
             f"{self.url}/upscale", files={"image": ("in.png", data, "image/png")}, data=fields
         )
         if resp.status_code != 200:
             raise SystemExit(f"server answered {resp.status_code}: {resp.text[:300]}")
-        return resp.content
+        return resp
+
+    def upscale(self, data: bytes, **fields: str) -> bytes:
+        return bytes(self.post(data, **fields).content)
+
+    def breakdown(self, data: bytes, repeat: int, **fields: str) -> dict[str, float]:
+        """Medians (ms) over `repeat` requests after a warm-up (see `stages_ms`)."""
+        self.upscale(data, **fields)
+        seen: dict[str, list[float]] = {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            resp = self.post(data, **fields)
+            for stage, ms in stages_ms(resp, time.perf_counter() - t0).items():
+                seen.setdefault(stage, []).append(ms)
+        return {stage: float(np.median(values)) for stage, values in seen.items()}
 
     def close(self) -> None:
         self.http.close()
         self._ctx.__exit__(None, None, None)
+
+
+STAGES = ["client", "outside", "budget", "decode", "queue", "model", "encode"]
+
+
+def stages_ms(resp: Any, client_s: float) -> dict[str, float]:
+    """One answer's time in ms: the client's whole request (`client`), what lies outside the service's
+    processing time (`outside`: transfer, HTTP parsing and the response, on both ends), and the
+    service's stages from its Server-Timing header."""
+    client_ms = client_s * 1000
+    stages = {"client": client_ms, "outside": client_ms - float(resp.headers["x-processing-ms"])}
+    for entry in resp.headers["server-timing"].split(","):
+        stage, _, ms = entry.strip().partition(";dur=")
+        stages[stage] = float(ms)
+    return stages
+
+
+def breakdown_row(label: str, ms: dict[str, float]) -> list[str]:
+    return [label] + [f"{ms[k]:.1f}" if k in ms else "-" for k in STAGES]
+
+
+def breakdown_table(title: str, rows: list[list[str]]) -> None:
+    table(
+        title + " (ms, medians): `outside` is the client's time less the service's processing time",
+        ["request", *STAGES],
+        rows,
+    )
 
 
 class HealthProbe:
@@ -174,7 +215,8 @@ def bench_model(
     assert entry.runner is not None, entry.reason
     runner = entry.runner
     reference_forward(net, np.zeros((32, 32, 3), np.uint8))  # warm-up, like the service's
-    rows = []
+    rows: list[list[str]] = []
+    stage_rows: list[list[str]] = []
     for size in sizes:
         img = test_image(size)
         arr = np.asarray(img)
@@ -199,10 +241,15 @@ def bench_model(
             ("engine/np", *timed(lambda arr=arr, r=by_window: run_model(arr, r, scale, bit_depth=8)))
         )
         if server is not None:
+            answers: list[Any] = []
             http = timed(
-                lambda data=data: server.upscale(data, model=name, scale=str(scale)), pid=server.proc.pid
+                lambda data=data, answers=answers: answers.append(
+                    server.post(data, model=name, scale=str(scale))
+                ),
+                pid=server.proc.pid,
             )
             measured.append(("http", *http))
+            stage_rows.append(breakdown_row(f"{size}²→{size * scale}² PNG", stages_ms(answers[0], http[0])))
         t_ref = measured[0][1] if reference else None
         t_io = measured[1][1] if reference else None
         for row, secs, mem in measured:
@@ -226,6 +273,8 @@ def bench_model(
         ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"],
         rows,
     )
+    if stage_rows:
+        breakdown_table(f"{name}: where the http rows' time went", stage_rows)
 
 
 def bench_lanczos(server: Server, level: int) -> None:
@@ -245,6 +294,10 @@ def bench_lanczos(server: Server, level: int) -> None:
     rows.append(["service over HTTP (model=lanczos)", f"{t_http:.3f}", f"{t_http / t_local:.2f}x"])
     table(
         f"LANCZOS 1024²→2048² PNG (compress level {level}), best of 3", ["path", "seconds", "vs Pillow"], rows
+    )
+    breakdown_table(
+        "LANCZOS over HTTP: where the time went",
+        [breakdown_row("1024²→2048² PNG", server.breakdown(data, 5, model="lanczos", scale="2"))],
     )
 
 
@@ -467,12 +520,12 @@ def main_gpu(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, {name}, {os.cpu_count()} host cores", flush=True)
     server = Server(work, {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)})
     probe = HealthProbe(server.url)
-    rows = []
+    rows, stage_rows = [], []
     try:
         for kind, size in GPU_CASES:
             desc, net, path = nets[kind]
             img = test_image(size)
-            row = benchgpu.bench_case(
+            stages, row = benchgpu.bench_case(
                 kind,
                 desc,
                 net,
@@ -487,10 +540,12 @@ def main_gpu(args: argparse.Namespace) -> None:
             )
             print("  " + " | ".join(row), flush=True)
             rows.append(row)
+            stage_rows.append(breakdown_row(f"{kind} {size}² JPEG", stages))
     finally:
         health = probe.stop()
         server.close()
     table(f"The service on {name} (medians of {args.repeat})", benchgpu.HEAD, rows)
+    breakdown_table("HTTP with JPEG output: where the time went", stage_rows)
     ms = np.asarray(health)
     print(
         f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "

@@ -11,6 +11,8 @@ Columns per case (model shape, input size):
   http png / http jpeg   one client, a real `python -m app` on 127.0.0.1 on the same device
   8 clients   images/s of 8 concurrent clients (PNG out), beside the limit's images/s (1 / limit)
   GPU MB      peak memory the engine's run allocated on the device (torch's allocator)
+A second table splits the HTTP JPEG request: the service's stages from its Server-Timing header, and
+what lies outside its processing time (transfer, HTTP parsing and the response, on both ends).
 Seconds are medians after a warm-up. Nothing is asserted: it prints what it measured.
 """
 
@@ -138,7 +140,8 @@ def bench_case(
     device: str,
     compile_net: bool,
     repeat: int,
-) -> list[str]:
+) -> tuple[dict[str, float], list[str]]:
+    """The case's row of the GPU table, and where its HTTP JPEG request's time went (ms, medians)."""
     scale = desc.scale
     t_limit, t_compiled = limit_s(net, desc, size, device, compile_net, repeat)
     nchw = copy.deepcopy(net).eval().to(device).half()
@@ -154,10 +157,11 @@ def bench_case(
 
     t_png = median_s(http("png"), device, max(3, repeat // 2))
     t_jpeg = median_s(http("jpeg"), device, max(3, repeat // 2))
+    stages = server.breakdown(png_data, max(3, repeat // 2), model=name, scale=str(scale), format="jpeg")
     ips = concurrent_ips(http("png"), per_client=4)
     limit_ips = 1.0 / t_limit
     gflop = 2 * desc.macs_per_pixel * size * size / 1e9
-    return [
+    return stages, [
         f"{name} {size}²→{size * scale}²",
         f"{t_limit:.4f} s ({gflop / t_limit / 1000:.0f} TFLOP/s)",
         f"{t_compiled:.4f} s / engine {t_engine_c:.4f} s" if t_compiled and t_engine_c else "-",

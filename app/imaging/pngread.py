@@ -36,7 +36,7 @@ def eligible(data: bytes) -> bool:
     return (
         data[:8] == SIGNATURE
         and len(data) >= _IHDR_END
-        and data[12:16] == b"IHDR"
+        and data[8:16] == b"\x00\x00\x00\x0dIHDR"
         and data[24] in (8, 16)
         and data[25] in (0, 2, 4, 6)
         and data[28] == 0

@@ -40,6 +40,28 @@ def test_upscale_multipart_uses_default_model_scale(client: TestClient) -> None:
     assert decode_response(resp.content).size == (80, 60)
 
 
+def server_timing(resp) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Server-Timing's entries as {stage: ms}, in order."""
+    entries = [e.strip().split(";dur=") for e in resp.headers["server-timing"].split(",")]
+    return {name: float(ms) for name, ms in entries}
+
+
+@pytest.mark.parametrize(
+    ("model", "stages"),
+    [
+        ("tiny-x2", ["budget", "decode", "queue", "model", "encode"]),
+        ("lanczos", ["budget", "decode", "encode"]),
+    ],
+)
+def test_upscale_says_where_its_time_went(client: TestClient, model: str, stages: list[str]) -> None:
+    resp = post(client, model=model)
+    assert resp.status_code == 200 and resp.headers["x-upscaler"] == model
+    timing = server_timing(resp)
+    assert list(timing) == stages and all(ms >= 0 for ms in timing.values())
+    # The stages run one after another inside the request's processing time (each rounded to 0.1 ms).
+    assert sum(timing.values()) <= float(resp.headers["x-processing-ms"]) + 0.05 * len(stages) + 0.05
+
+
 def test_upscale_raw_body_with_query_parameters(client: TestClient) -> None:
     resp = client.post("/upscale?scale=4", content=PNG, headers={"Content-Type": "image/png"})
     assert resp.status_code == 200 and resp.headers["x-upscaler"] == "tiny-x4"
