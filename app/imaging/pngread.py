@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import numpy as np
 from PIL import PngImagePlugin
@@ -70,7 +71,7 @@ def read(data: bytes) -> tuple[np.ndarray, dict[str, str]] | None:
                 text.crc(kind, text.call(kind, pos + 8, length))
             pos = after
         pixels = imagecodecs.png_decode(b"".join([*critical, _IEND]))
-    except (imagecodecs.PngError, ValueError, SyntaxError, EOFError, OSError, UnicodeDecodeError) as exc:
+    except (imagecodecs.PngError, ValueError, SyntaxError, EOFError, OSError, zlib.error) as exc:
         raise InvalidImage(f"image data is broken: {exc}") from None
     return (pixels[..., None] if pixels.ndim == 2 else pixels), {
         str(k): str(v) for k, v in text.im_text.items()

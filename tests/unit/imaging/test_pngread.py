@@ -107,6 +107,16 @@ def test_a_text_bomb_after_the_pixels_is_refused_as_pillow_refuses_it() -> None:
         decode_bytes(data[:iend] + bomb + data[iend:])
 
 
+def test_broken_text_chunks_after_the_pixels_are_read_as_pillow_reads_them() -> None:
+    data = png_bytes(gradient_image(16, 12))
+    iend = data.rindex(b"IEND") - 4
+    not_zlib = data[:iend] + chunk(b"zTXt", b"k\x00\x00not zlib at all") + data[iend:]
+    assert decode_bytes(not_zlib).text == {"k": ""} == Image.open(io.BytesIO(not_zlib)).text  # type: ignore[attr-defined]
+    bad_method = data[:iend] + chunk(b"zTXt", b"k\x00\x07" + zlib.compress(b"v")) + data[iend:]
+    with pytest.raises(InvalidImage, match="compression method"):
+        decode_bytes(bad_method)
+
+
 def test_corrupt_pixel_data_is_invalid() -> None:
     data = bytearray(png_bytes(gradient_image(64, 48)))
     data[data.index(b"IDAT") + 20] ^= 0xFF  # its CRC no longer matches: the chunk reaches libpng as sent
