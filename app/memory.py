@@ -22,7 +22,7 @@ MIB = 1024 * 1024
 FLOAT32 = 4
 # Bytes alive per sample (one channel of one pixel) at the peak of each stage, measured on this
 # pipeline (tests/unit/test_memory_estimate.py runs every mode and bit depth and checks the estimate
-# is never below the peak RSS): decoding holds the file, Pillow's or pypng's buffers and our arrays;
+# is never below the peak RSS): decoding holds the file, the decoder's buffers and our arrays;
 # the Pillow LANCZOS path of 8-bit images holds the resized image, its array copy and the encoder's;
 # the float path (16-bit images, and every model output) holds float32 planes, their quantised copy,
 # the assembled picture and the encoder's rows.
