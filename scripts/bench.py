@@ -12,8 +12,10 @@ Rows per model and input size:
   engine/np   the same model driven window by window by the numpy tiler (what Core ML packages get)
   http        the service over HTTP: a real `python -m app` on 127.0.0.1, decode and encode included
 GFLOP/s comes from the analytic multiply-add count; peak RSS is sampled during each row (the server's
-process for http). Then the LANCZOS path over HTTP against in-process Pillow, /health latency while the
-benchmark ran, and output encode times per format. Nothing here is asserted: it prints what it measured.
+process for http), and where each http row's time went (the service's Server-Timing stages). Then the
+LANCZOS path over HTTP against in-process Pillow, /health latency while the benchmark ran, upload decode
+times against Pillow's (alone and beside a busy thread), and output encode times per format. Nothing
+here is asserted: it prints what it measured.
 """
 
 from __future__ import annotations
