@@ -19,6 +19,7 @@ import io
 import struct
 import zlib
 
+import imagecodecs
 import numpy as np
 from PIL import PngImagePlugin
 
@@ -47,8 +48,6 @@ def eligible(data: bytes) -> bool:
 def read(data: bytes) -> tuple[np.ndarray, dict[str, str]] | None:
     """(H, W, C) uint8 / uint16 samples (C = 1..4 as stored) and the text chunks, for an `eligible`
     PNG; None when it has a tRNS or acTL chunk (Pillow's path then). Raises InvalidImage."""
-    import imagecodecs
-
     view = memoryview(data)
     critical = [view[:_IHDR_END]]
     text = PngImagePlugin.PngStream(io.BytesIO(data))
