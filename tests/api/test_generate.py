@@ -7,7 +7,7 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.http import ok
+from tests.support.http import ok, server_timing
 from tests.support.images import decode_response, gradient_image, png_bytes
 
 IMG = png_bytes(gradient_image(60, 44), pnginfo=None)
@@ -43,6 +43,10 @@ def test_generate_batch_with_data_urls(client: TestClient) -> None:
     body = resp.json()
     assert [b64_size(i) for i in body["images"]] == [(120, 88), (64, 64)]
     assert [i["output_size"] for i in body["info"]["images_info"]] == [[120, 88], [64, 64]]
+    # Each stage's time summed over the two images, inside the request's own time.
+    timing = server_timing(resp)
+    assert list(timing) == ["budget", "decode", "queue", "model", "encode"]
+    assert 0 <= sum(timing.values()) <= body["info"]["elapsed_ms"] + 0.5
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import ClientFactory
-from tests.support.http import ok
+from tests.support.http import ok, server_timing
 from tests.support.images import decode_response, gradient_image, png_bytes
 
 IMG = gradient_image(40, 30)
@@ -96,6 +96,14 @@ def test_sdapi_upscaler_2_is_blended_by_its_visibility(client: TestClient) -> No
     expected = np.asarray(Image.blend(one, two, 0.25)).astype(int)
     assert np.abs(mixed - expected).max() <= 1
     assert "upscaler 2: nearest (pillow)" in body["html_info"] and "visibility: 0.25" in body["html_info"]
+
+
+def test_sdapi_answers_say_where_their_time_went(client: TestClient) -> None:
+    """Both upscalers' stages are summed: the model's and Nearest's (which has no queue or model)."""
+    resp = ok(extras(client, upscaler_1="tiny-x2", upscaler_2="Nearest", extras_upscaler_2_visibility=0.5))
+    assert list(server_timing(resp)) == ["budget", "decode", "queue", "model", "encode"]
+    none = ok(extras(client, upscaler_1="None"))
+    assert "server-timing" not in none.headers  # nothing ran
 
 
 def test_sdapi_html_info_names_a_fallback_and_ignored_face_restoration(make_client: ClientFactory) -> None:

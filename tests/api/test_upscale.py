@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import ClientFactory
-from tests.support.http import ok
+from tests.support.http import ok, server_timing
 from tests.support.images import crafted_png, decode_response, gradient_image, png_bytes
 from tests.support.stubs import add_stub
 
@@ -38,12 +38,6 @@ def test_upscale_multipart_uses_default_model_scale(client: TestClient) -> None:
     assert "x-fallback-reason" not in h and float(h["x-processing-ms"]) > 0
     assert resp.headers["content-type"] == "image/png"
     assert decode_response(resp.content).size == (80, 60)
-
-
-def server_timing(resp) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Server-Timing's entries as {stage: ms}, in order."""
-    entries = [e.strip().split(";dur=") for e in resp.headers["server-timing"].split(",")]
-    return {name: float(ms) for name, ms in entries}
 
 
 @pytest.mark.parametrize(

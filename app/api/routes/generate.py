@@ -16,7 +16,7 @@ from app.api.disconnect import cancel_on_disconnect
 from app.api.uploads import media_type
 from app.errors import InvalidImage, UnsupportedMediaType, ValidationFailed
 from app.imaging.decode import probe
-from app.middleware import Outcome, record_outcome
+from app.middleware import Outcome, record_outcome, record_timings
 from app.schemas import GenerateForm, GenerateRequest, GenerateResponse, error_responses
 from app.service import Job, Result
 from app.sizing import HiresFix
@@ -155,6 +155,7 @@ async def generate(
     deadline = time.monotonic() + settings.request_timeout_s
     out: list[str] = []
     per_image: list[dict[str, Any]] = []
+    timings: list[tuple[str, float]] = []
     async with cancel_on_disconnect(request) as cancel:
         for data in images:
             if not req.hires_fix:
@@ -182,7 +183,9 @@ async def generate(
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
             out.append(base64.b64encode(result.data).decode())
             per_image.append(image_info(result))
+            timings += result.timings
     record_outcome(request, Outcome.of(**per_image[0]))
+    record_timings(request, timings)
     extra = dict(req.model_extra or {})
     ignored = sorted(k for k in NOT_IMPLEMENTED if extra.pop(k, None))
     info: dict[str, Any] = {

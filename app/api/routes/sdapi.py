@@ -20,7 +20,7 @@ from app.api.routes.generate import decode_b64
 from app.api.routes.upscale import outcome_of
 from app.errors import NotImplementedHere
 from app.imaging.decode import probe
-from app.middleware import record_outcome
+from app.middleware import record_outcome, record_timings
 from app.schemas import ErrorBody, error_responses
 from app.service import Job, Result
 from app.state import AppState
@@ -71,6 +71,7 @@ async def run_extras(
     out: list[str] = []
     firsts: list[Result] = []
     second: Result | None = None
+    timings: list[tuple[str, float]] = []
     async with cancel_on_disconnect(request) as cancel:
         for data in images:
             if first_model is None or sizing is None:  # A1111's "None": the image as it came
@@ -80,14 +81,17 @@ async def run_extras(
             job = Job(data, sizing, model=first_model, format="png")
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
             firsts.append(result)
+            timings += result.timings
             encoded = result.data
             if mix > 0 and second_model is not None:
                 other = Job(data, sizing, model=second_model, format="png")
                 second = await state.service.upscale(other, deadline=deadline, cancel=cancel)
+                timings += second.timings
                 encoded = await asyncio.to_thread(blend, encoded, second.data, mix)
             out.append(base64.b64encode(encoded).decode())
     if firsts:
         record_outcome(request, outcome_of(firsts[0]))
+    record_timings(request, timings)
     return out, a1111.html_info(opts, firsts, second, a1111.ignored_options(opts))
 
 

@@ -10,7 +10,7 @@ from app.api.deps import StateDep, require_api_key
 from app.api.disconnect import cancel_on_disconnect
 from app.api.uploads import media_type, upload_bytes
 from app.errors import InvalidImage, UnsupportedMediaType, ValidationFailed
-from app.middleware import Outcome, record_outcome
+from app.middleware import Outcome, record_outcome, record_timings
 from app.schemas import UpscaleForm, UpscaleOptions, error_responses
 from app.service import Job, Result
 from app.sizing import ScaleTo
@@ -80,8 +80,6 @@ def result_headers(result: Result) -> dict[str, str]:
         "X-Output-Size": "{}x{}".format(*result.output_size),
         "X-Processing-Ms": f"{result.elapsed_ms:.1f}",
     }
-    if result.timings:  # W3C Server-Timing: browsers' developer tools and curl -v show where time went
-        headers["Server-Timing"] = ", ".join(f"{stage};dur={ms:.1f}" for stage, ms in result.timings)
     if result.fallback_reason:
         headers["X-Fallback-Reason"] = result.fallback_reason
     if result.metadata_dropped:
@@ -168,4 +166,5 @@ async def upscale(
     async with cancel_on_disconnect(request) as cancel:
         result = await state.service.upscale(job_from(data, options), cancel=cancel)
     record_outcome(request, outcome_of(result))
+    record_timings(request, result.timings)
     return Response(result.data, media_type=result.media_type, headers=result_headers(result))
