@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class UpscaleResult:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     elapsed_ms: float
+    # Where the service's time went, in ms, from its Server-Timing header: budget, decode, queue,
+    # model, encode (empty from a service that does not send it).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def fell_back(self) -> bool:
@@ -64,6 +68,7 @@ class GenerateResult:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # summed over the images (Server-Timing)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,19 @@ def _upscale_request(
     return {"image": ("image", _read(image), "application/octet-stream")}, fields
 
 
+def _timings(resp: httpx.Response) -> dict[str, float]:
+    """Server-Timing's `stage;dur=ms` entries; anything else in the header is skipped."""
+    out: dict[str, float] = {}
+    for entry in resp.headers.get("server-timing", "").split(","):
+        name, _, rest = entry.strip().partition(";")
+        for param in rest.split(";"):
+            key, _, value = param.strip().partition("=")
+            if name and key == "dur":
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+    return out
+
+
 def _upscale_result(resp: httpx.Response) -> UpscaleResult:
     _raise_for(resp)
     h = resp.headers
@@ -129,6 +147,7 @@ def _upscale_result(resp: httpx.Response) -> UpscaleResult:
         input_size=_size(h["x-input-size"]),
         output_size=_size(h["x-output-size"]),
         elapsed_ms=float(h.get("x-processing-ms", "nan")),
+        timings=_timings(resp),
     )
 
 
@@ -149,6 +168,7 @@ def _generate_result(resp: httpx.Response) -> GenerateResult:
         input_size=tuple(info.get("input_size", (0, 0))),
         output_size=tuple(info.get("output_size", (0, 0))),
         info=info,
+        timings=_timings(resp),
     )
 
 

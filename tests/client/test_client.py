@@ -18,6 +18,7 @@ RESULT_HEADERS = {
     "x-input-size": "40x30",
     "x-output-size": "80x60",
     "x-processing-ms": "12.5",
+    "server-timing": "budget;dur=0.0, decode;dur=1.5, queue;dur=0.1, model;dur=9.8, encode;dur=1.0",
 }
 
 
@@ -44,6 +45,7 @@ def test_client_upscale_reads_the_result_headers() -> None:
         result = client.upscale(b"raw image bytes", scale=2, fallback=False, model=None)
     assert (result.image, result.upscaler, result.backend) == (b"PNG...", "rrdb-x2", "pytorch")
     assert (result.input_size, result.output_size, result.fallback_reason) == ((40, 30), (80, 60), None)
+    assert result.timings == {"budget": 0.0, "decode": 1.5, "queue": 0.1, "model": 9.8, "encode": 1.0}
     sent = script.requests[0]
     assert sent.url.path == "/upscale" and sent.headers["authorization"] == "Bearer k"
     body = sent.content
@@ -94,12 +96,15 @@ def test_client_generate_and_health() -> None:
         "default_model": "m",
         "models": [{"name": "m", "available": True}],
     }
-    script = Script(httpx.Response(200, json=generate), httpx.Response(200, json=health))
+    odd = 'decode;desc="x";dur=2.5, cache, model;dur=oops, encode;dur=1'  # other servers' shapes
+    script = Script(
+        httpx.Response(200, json=generate, headers={"server-timing": odd}), httpx.Response(200, json=health)
+    )
     with Client("http://svc", transport=httpx.MockTransport(script)) as client:
         result = client.generate([b"a"], hr_scale=2.0, prompt="cat")
         state = client.health()
     assert result.images == [png] and result.fallback_reason == "weights_missing"
-    assert result.output_size == (80, 64)
+    assert result.output_size == (80, 64) and result.timings == {"decode": 2.5, "encode": 1.0}
     sent = json.loads(script.requests[0].content)
     assert sent["images"] == [base64.b64encode(b"a").decode()] and sent["prompt"] == "cat"
     assert state.ready and state.serving == ["m"]

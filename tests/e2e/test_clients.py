@@ -61,10 +61,12 @@ def test_python_client_sync_and_async(server: str) -> None:
         assert health.ready and {"rrdb-x2", "rrdb-x4"} <= set(health.serving)
         result = client.upscale(data, scale=4)
         assert (result.upscaler, result.output_size, result.fallback_reason) == ("rrdb-x4", (160, 120), None)
+        assert list(result.timings) == ["budget", "decode", "queue", "model", "encode"]
         with Image.open(io.BytesIO(result.image)) as produced:
             assert produced.size == (160, 120)
         hires = client.generate([data, data], hr_scale=1.5, prompt="a cat")
         assert len(hires.images) == 2 and hires.output_size == (64, 48) and hires.info["prompt"] == "a cat"
+        assert hires.timings["model"] > 0  # summed over both images
     with Client(server, api_key="wrong") as client, pytest.raises(UpscalerError) as info:
         client.upscale(data)
     assert info.value.status == 401 and info.value.type == "unauthorized"
