@@ -23,9 +23,9 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
-from app.backends.torch_tiles import quantize_tensor, upscale_tensor
+from app.backends.torch_tiles import quantize_tensor, release_cached, upscale_tensor
 from app.models.descriptor import ModelDescriptor, UnknownArchitecture
-from app.tiling import CancelFlag, TilePlan
+from app.tiling import CancelFlag, TilePlan, is_oom
 
 log = logging.getLogger("app.backends.pytorch")
 
@@ -151,9 +151,9 @@ class TorchRunner:
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
                 y = self.net(x)
-        except RuntimeError as exc:
-            if self.device == "cuda" and "out of memory" in str(exc):
-                torch.cuda.empty_cache()
+        except Exception as exc:
+            if is_oom(exc):
+                release_cached(torch, self.device)
             raise
         y = y[:, :, : h * s, : w * s].float().clamp_(0.0, 1.0)
         if c == 1 and out_ch == 3:

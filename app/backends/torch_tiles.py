@@ -73,6 +73,15 @@ def upscale_tensor(
     return out
 
 
+def release_cached(torch: Any, device: str) -> None:
+    """Give the allocator's cached blocks back to the device after an out-of-memory error, so the
+    smaller retry (or the next request) can have them: CUDA's and MPS's caching allocators."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    elif device == "mps":
+        torch.mps.empty_cache()
+
+
 def _run_or_split(
     torch: Any,
     forward: Forward,
@@ -89,8 +98,7 @@ def _run_or_split(
         if not is_oom(exc):
             raise
     # Out of the except block: the failed attempt's tensors are released before the retry.
-    if stack.device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_cached(torch, stack.device.type)
     if stack.shape[0] > 1:
         return torch.cat(
             [

@@ -5,6 +5,7 @@ out-of-memory halving with an injected error, and the integer hand-over (8 and 1
 from __future__ import annotations
 
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from app.backends.pytorch import TorchRunner
-from app.backends.torch_tiles import quantize_tensor, upscale_tensor
+from app.backends.torch_tiles import quantize_tensor, release_cached, upscale_tensor
 from app.engine import model_passes, run_model
 from app.errors import Cancelled, OutOfMemory
 from app.imaging.pixels import quantize
@@ -111,6 +112,19 @@ def test_out_of_memory_splits_the_batch_then_halves_the_tile() -> None:
     assert calls[0][0] == 2  # a batch failed first
     assert any(b == 1 and side > 100 for b, side in calls)  # then one window alone, still too large
     assert max(side for b, side in calls if b == 1 and side <= 100) <= 100  # served by halved tiles
+
+
+@pytest.mark.parametrize(("device", "released"), [("cuda", ["cuda"]), ("mps", ["mps"]), ("cpu", [])])
+def test_out_of_memory_gives_the_cached_blocks_back_on_cuda_and_mps(device: str, released: list[str]) -> None:
+    """The device's caching allocator is emptied after an out-of-memory error, before the retry (and by
+    the runner's forward): torch's cuda / mps modules stand in here, recording the calls."""
+    seen: list[str] = []
+    fake = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(empty_cache=lambda: seen.append("cuda")),
+        mps=types.SimpleNamespace(empty_cache=lambda: seen.append("mps")),
+    )
+    release_cached(fake, device)
+    assert seen == released
 
 
 def test_out_of_memory_below_the_smallest_tile_raises() -> None:
