@@ -62,7 +62,8 @@ def estimate_bytes(
     """
     samples_in = width * height * planes
     samples_out = target[0] * target[1] * planes
-    source = data_bytes + samples_in * SOURCE_BYTES[16 if bit_depth == 16 else 8]
+    # The upload, and the copy of its pixel chunks that the PNG decoder reads (app/imaging/pngread.py).
+    source = 2 * data_bytes + samples_in * SOURCE_BYTES[16 if bit_depth == 16 else 8]
     runner = entry.runner if entry is not None else None
     if runner is None:
         per_out = TARGET_BYTES_PILLOW if bit_depth == 8 else TARGET_BYTES_FLOAT

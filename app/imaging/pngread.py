@@ -19,8 +19,8 @@ import io
 import struct
 import zlib
 
-import imagecodecs
 import numpy as np
+from imagecodecs import PngError, png_decode  # loads its libpng module now, not on a request
 from PIL import PngImagePlugin
 
 from app.errors import InvalidImage
@@ -69,8 +69,8 @@ def read(data: bytes) -> tuple[np.ndarray, dict[str, str]] | None:
                 text.fp.seek(pos + 8)
                 text.crc(kind, text.call(kind, pos + 8, length))
             pos = after
-        pixels = imagecodecs.png_decode(b"".join([*critical, _IEND]))
-    except (imagecodecs.PngError, ValueError, SyntaxError, EOFError, OSError, zlib.error) as exc:
+        pixels = png_decode(b"".join([*critical, _IEND]))
+    except (PngError, ValueError, SyntaxError, EOFError, OSError, zlib.error) as exc:
         raise InvalidImage(f"image data is broken: {exc}") from None
     return (pixels[..., None] if pixels.ndim == 2 else pixels), {
         str(k): str(v) for k, v in text.im_text.items()
