@@ -12,7 +12,7 @@ import numpy as np
 
 from app.backends.base import Runner
 from app.errors import Cancelled, ModelFailed, OutOfMemory
-from app.imaging.pixels import quantize
+from app.imaging.pixels import resized
 from app.tiling import CancelFlag, is_oom, upscale_tiled
 
 
@@ -35,13 +35,15 @@ def run_model(
     max_pixels: int = 1 << 62,
     cancel: CancelFlag | None = None,
     bit_depth: int | None = None,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Upscale (H, W, C) `pixels` by the model's scale, again while short of `factor`.
+    """Upscale (H, W, C) `pixels` by the model's scale, again while short of `factor`, then LANCZOS to
+    `size` = (W, H) when given (on the model's device where the runner can).
 
-    Returns (H*s^n, W*s^n, C): float32 in 0..1, or uint8 / uint16 with `bit_depth` 8 / 16 (quantised
-    where the model ran). A further pass is skipped when its output would pass `max_pixels` (the caller
-    finishes with LANCZOS). Raises OutOfMemory (after the smaller-tile retries), ModelFailed for any
-    other model error, and Cancelled.
+    Returns (H*s^n, W*s^n, C), or `size`: float32 in 0..1, or uint8 / uint16 with `bit_depth` 8 / 16
+    (quantised where the model ran). A further pass is skipped when its output would pass `max_pixels`
+    (the resize to `size` finishes). Raises OutOfMemory (after the smaller-tile retries), ModelFailed
+    for any other model error, and Cancelled.
     """
     tile = runner.default_tile if tile is None else tile
     h, w = pixels.shape[:2]
@@ -50,7 +52,7 @@ def run_model(
         upscale_image = getattr(runner, "upscale_image", None)
         if upscale_image is not None:
             out: np.ndarray = upscale_image(
-                pixels, passes, tile=tile, pad=pad, cancel=cancel, bit_depth=bit_depth
+                pixels, passes, tile=tile, pad=pad, cancel=cancel, bit_depth=bit_depth, size=size
             )
             return out
         x = pixels
@@ -58,7 +60,7 @@ def run_model(
             x = upscale_tiled(
                 x, runner.run, runner.scale, tile, pad, multiple=runner.size_multiple, cancel=cancel
             )
-        return x if bit_depth is None else quantize(x, bit_depth)
+        return resized(x, size, bit_depth)
     except (OutOfMemory, Cancelled):
         raise
     except Exception as exc:

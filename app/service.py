@@ -23,7 +23,7 @@ from PIL import Image
 from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
 from app.config import Settings
-from app.engine import model_passes, run_model
+from app.engine import run_model
 from app.errors import (
     Cancelled,
     ImageTooLarge,
@@ -338,15 +338,12 @@ class UpscaleService:
         cancel: threading.Event,
         span: list[float],
     ) -> np.ndarray:
-        """Runs on the device thread. When the model's output is the target size the image comes back
-        quantised to the output's bit depth (on the model's device for PyTorch); else as float32 for
-        the LANCZOS finish. The run's start and end go into `span`."""
+        """Runs on the device thread. The image comes back at the target size (LANCZOS after the model
+        where its scale does not land there) and quantised to the output's bit depth, both on the
+        model's device for PyTorch on a GPU. The run's start and end go into `span`."""
         runner = entry.runner
         assert runner is not None
         s = self.settings
-        h, w = decoded.pixels.shape[:2]
-        grow = runner.scale ** model_passes(h, w, runner.scale, target.factor, s.max_output_pixels)
-        exact = (w * grow, h * grow) == (target.width, target.height)
         t0 = time.perf_counter()
         span.append(t0)
         try:
@@ -358,7 +355,8 @@ class UpscaleService:
                 pad=s.tile_pad,
                 max_pixels=s.max_output_pixels,
                 cancel=cancel,
-                bit_depth=decoded.bit_depth if exact else None,
+                bit_depth=decoded.bit_depth,
+                size=(target.width, target.height),
             )
         finally:
             span.append(time.perf_counter())
@@ -368,11 +366,9 @@ class UpscaleService:
 
     @staticmethod
     def _finish(x: np.ndarray, decoded: DecodedImage, target: Target) -> Picture:
-        """The model's output (float32, or already quantised at the target size) plus the input's alpha
-        (LANCZOS-resized), at the target size, cropped."""
+        """The model's output (quantised, at the target size) plus the input's alpha (LANCZOS-resized),
+        cropped."""
         size = (target.width, target.height)
-        if (x.shape[1], x.shape[0]) != size:
-            x = resize_array(x, size)
         alpha = None
         if decoded.alpha is not None:
             alpha = resize_array(to_unit_float(decoded.alpha), size)

@@ -23,7 +23,8 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
-from app.backends.torch_tiles import quantize_tensor, release_cached, upscale_tensor
+from app.backends.torch_tiles import quantize_tensor, release_cached, resize_tensor, upscale_tensor
+from app.imaging.pixels import resized
 from app.models.descriptor import ModelDescriptor, UnknownArchitecture
 from app.tiling import CancelFlag, TilePlan, is_oom
 
@@ -120,6 +121,9 @@ class TorchRunner:
         self.dtype = getattr(torch, DTYPES[precision])
         # On CPU, bf16 runs under autocast (oneDNN bf16 convolutions); elsewhere the weights are cast.
         self.autocast = device == "cpu" and precision == "bf16"
+        # LANCZOS to a size off the model's scale: on the device, except on CPU, where Pillow's C loop
+        # on the host ran about 5x torch's taps (a 2048² -> 1536² RGB resize: 0.16 s against 0.83 s).
+        self.resize_on_device = device != "cpu"
         self._local = threading.local()
 
     def _pad(self, x: Any, h: int, w: int) -> Any:
@@ -240,10 +244,13 @@ class TorchRunner:
         pad: int,
         cancel: CancelFlag | None = None,
         bit_depth: int | None = None,
+        size: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """The whole image through `passes` passes on the device: in once, tiled, batched, blended and
-        (with `bit_depth`) quantised there, out once. Returns (H*s^n, W*s^n, C) uint8 / uint16 with
-        `bit_depth` 8 / 16, else float32 in 0..1."""
+        """The whole image through `passes` passes on the device: in once, tiled, batched, blended,
+        LANCZOS-resized to `size` = (W, H) when given and different, and (with `bit_depth`) quantised
+        there, out once. Returns (H', W', C) uint8 / uint16 with `bit_depth` 8 / 16, else float32 in
+        0..1; H' x W' is `size`, else (H*s^n, W*s^n). Without `resize_on_device` (CPU) the resize and
+        quantisation are Pillow's and numpy's on the host."""
         torch = self.torch
         with torch.inference_mode(), self._stream():
             x = self._to_device(pixels)
@@ -259,6 +266,10 @@ class TorchRunner:
                     batch_for=self._batch_for,
                     cancel=cancel,
                 )
+            if size is not None and (x.shape[-1], x.shape[-2]) != size:
+                if not self.resize_on_device:
+                    return resized(self._to_host(x), size, bit_depth)
+                x = resize_tensor(torch, x, size)
             if bit_depth is not None:
                 x = quantize_tensor(torch, x, bit_depth)
             return self._to_host(x)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.errors import Cancelled, OutOfMemory
+from app.imaging import lanczos
 from app.tiling import MIN_TILE, CancelFlag, TilePlan, grid_padding, is_oom, plan_tiles
 
 Forward = Callable[[Any], Any]
@@ -70,6 +71,30 @@ def upscale_tensor(
             weight = _weights(torch, kh, kw, win.bands, str(x.device))
             region = out[:, :, win.ky0 * scale : win.ky1 * scale, win.kx0 * scale : win.kx1 * scale]
             region.addcmul_(kept, weight)
+    return out
+
+
+def resize_tensor(torch: Any, x: Any, size: tuple[int, int]) -> Any:
+    """(B, C, H, W) float tensor -> (B, C, size[1], size[0]): Pillow's LANCZOS on the tensor's device,
+    horizontal pass then vertical as Pillow runs them, with Pillow's weights (app/imaging/lanczos.py),
+    each output sample a weighted sum of its taps. Pillow's result to float32 rounding."""
+    width, height = size
+    if x.shape[-1] != width:
+        x = _resample(torch, x, width, dim=-1)
+    if x.shape[-2] != height:
+        x = _resample(torch, x, height, dim=-2)
+    return x
+
+
+def _resample(torch: Any, x: Any, out_size: int, dim: int) -> Any:
+    index, weights = lanczos.taps(x.shape[dim], out_size)
+    index_t = torch.from_numpy(index).to(x.device)
+    weights_t = torch.from_numpy(weights).to(x.device, torch.float32)
+    out = None
+    for j in range(index.shape[1]):
+        w = weights_t[:, j] if dim == -1 else weights_t[:, j].view(-1, 1)
+        term = x.index_select(dim, index_t[:, j]) * w
+        out = term if out is None else out.add_(term)
     return out
 
 

@@ -53,6 +53,14 @@ def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def resized(x: np.ndarray, size: tuple[int, int] | None, bit_depth: int | None) -> np.ndarray:
+    """A model's (H, W, C) float32 output LANCZOS-resized to `size` = (W, H) when it differs, then
+    quantised to `bit_depth` (8 / 16; None keeps float32)."""
+    if size is not None and (x.shape[1], x.shape[0]) != size:
+        x = resize_array(x, size)
+    return x if bit_depth is None else quantize(x, bit_depth)
+
+
 def to_unit_float(arr: np.ndarray) -> np.ndarray:
     """uint8 / uint16 -> float32 in 0..1 (float input is returned as float32)."""
     if arr.dtype == np.uint8:

@@ -104,3 +104,15 @@ def test_requests_on_two_streams_at_once_match_one_at_a_time(tmp_path: Path) -> 
         t.join()
     for a, b in zip(alone, together, strict=True):
         assert b is not None and np.array_equal(a, b)
+
+
+def test_device_resizes_to_a_size_off_the_models_scale_like_the_cpu(tmp_path: Path) -> None:
+    """A hires fix at 1.5x through an x2 model: the LANCZOS to the target size and the quantisation run
+    on the device (Pillow's weights), where the CPU runs Pillow itself; the integers agree."""
+    path = write_checkpoint(tiny_state_dict(2, seed=5, num_block=2), tmp_path / "r", "safetensors")
+    img = textured(96, 80)
+    kwargs = {"tile": 48, "pad": 8, "bit_depth": 8, "size": (144, 120)}
+    expected = run_model(img, served(path, "cpu", "fp32").runner, 1.5, **kwargs)  # type: ignore[arg-type]
+    got = run_model(img, served(path, str(DEVICE), "fp32").runner, 1.5, **kwargs)  # type: ignore[arg-type]
+    assert got.dtype == expected.dtype == np.uint8 and got.shape == expected.shape == (120, 144, 3)
+    assert psnr_unit(got / 255.0, expected / 255.0) >= 45.0

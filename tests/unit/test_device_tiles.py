@@ -214,3 +214,18 @@ def test_compiled_runner_gives_the_eager_pixels(tmp_path: Path) -> None:
             run_model(img, eager.runner, 4.0, tile=tile, pad=8),  # type: ignore[arg-type]
             atol=1e-4,
         )
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_the_runner_resizes_on_its_device_as_the_host_would(bit_depth: int) -> None:
+    """The runner's device branch (resize, quantise, hand over), forced on CPU tensors, against the
+    CPU default (Pillow and numpy on the host): a model output off the target size, at both depths."""
+    runner = rrdb_runner(2)
+    img = textured(45, 38)
+    if bit_depth == 16:
+        img = img.astype(np.uint16) * 257
+    host = run_model(img, runner, 1.5, tile=0, bit_depth=bit_depth, size=(67, 57))
+    runner.resize_on_device = True
+    device = run_model(img, runner, 1.5, tile=0, bit_depth=bit_depth, size=(67, 57))
+    assert device.dtype == host.dtype and device.shape == host.shape == (57, 67, 3)
+    assert np.abs(device.astype(np.int64) - host.astype(np.int64)).max() <= 1
