@@ -13,7 +13,8 @@ Rows per model and input size:
   http        the service over HTTP: a real `python -m app` on 127.0.0.1, decode and encode included
 GFLOP/s comes from the analytic multiply-add count; peak RSS is sampled during each row (the server's
 process for http), and where each http row's time went (the service's Server-Timing stages). Then the
-LANCZOS path over HTTP against in-process Pillow, /health latency while the benchmark ran, upload decode
+LANCZOS path over HTTP against in-process Pillow, /health latency while the benchmark ran, the LANCZOS
+of a model's output to a size off its scale (host Pillow against the device resize), upload decode
 times against Pillow's (alone and beside a busy thread), and output encode times per format. Nothing
 here is asserted: it prints what it measured.
 """
@@ -347,6 +348,58 @@ def bench_encode(size: int) -> None:
     )
 
 
+def bench_resize(device: str) -> None:
+    """A model's float32 output off the target size (a hires fix at 1.5x through an x2 model): to the
+    host and Pillow's LANCZOS there, against app's resize_tensor + quantise on `device` (what a GPU
+    runner does; on CPU the runner keeps Pillow)."""
+    from app.backends.torch_tiles import quantize_tensor, resize_tensor
+    from app.imaging.pixels import resized
+
+    rows = []
+    for side, out in ((2048, 1536), (1536, 1152)):
+        src = np.asarray(test_image(side // 4).resize((side, side), Image.Resampling.BICUBIC))
+        x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1)))[None].float().div(255).to(device)
+
+        def sync() -> None:
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        def host(x: torch.Tensor = x, out: int = out) -> np.ndarray:
+            arr = x[0].permute(1, 2, 0).contiguous().cpu().numpy()
+            return resized(arr, (out, out), 8)
+
+        def on_device(x: torch.Tensor = x, out: int = out) -> np.ndarray:
+            y = quantize_tensor(torch, resize_tensor(torch, x, (out, out)), 8)
+            return y[0].permute(1, 2, 0).contiguous().cpu().numpy()
+
+        times = {}
+        for name, fn in (("host", host), ("device", on_device)):
+            fn()
+            sync()
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                best = min(best, time.perf_counter() - t0)
+            times[name] = best
+        diff = np.abs(host().astype(int) - on_device().astype(int)).max()
+        rows.append(
+            [
+                f"{side}² -> {out}² RGB",
+                f"{times['host'] * 1000:.1f}",
+                f"{times['device'] * 1000:.1f}",
+                f"{times['host'] / times['device']:.1f}x",
+                str(diff),
+            ]
+        )
+    table(
+        f"LANCZOS of a model's output to a size off its scale, ms, best of 5 (device: {device})",
+        ["case", "to the host + Pillow", "resize_tensor on the device", "speed-up", "max level diff"],
+        rows,
+    )
+
+
 class BusyThread:
     """A thread running Python, as the event loop and the model threads do in the service: a decoder
     that gives the GIL back and takes it again for every block waits on it each time."""
@@ -492,6 +545,7 @@ def main() -> None:
                 ]
             ],
         )
+    bench_resize("cpu")
     bench_decode()
     bench_encode(2048)
 
@@ -553,6 +607,7 @@ def main_gpu(args: argparse.Namespace) -> None:
         f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "
         f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
     )
+    bench_resize(device)
     bench_decode()
     bench_encode(2048)
 

@@ -122,7 +122,8 @@ class TorchRunner:
         # On CPU, bf16 runs under autocast (oneDNN bf16 convolutions); elsewhere the weights are cast.
         self.autocast = device == "cpu" and precision == "bf16"
         # LANCZOS to a size off the model's scale: on the device, except on CPU, where Pillow's C loop
-        # on the host ran about 5x torch's taps (a 2048² -> 1536² RGB resize: 0.16 s against 0.83 s).
+        # on the host ran about 4x torch's taps (scripts/bench.py --models none: 2048² -> 1536² RGB,
+        # quantised, 0.21 s against 0.84 s on 2 cores).
         self.resize_on_device = device != "cpu"
         self._local = threading.local()
 
