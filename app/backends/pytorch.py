@@ -270,10 +270,23 @@ class TorchRunner:
             if size is not None and (x.shape[-1], x.shape[-2]) != size:
                 if not self.resize_on_device:
                     return resized(self._to_host(x), size, bit_depth)
-                x = resize_tensor(torch, x, size)
+                done = self._resize_on_device(x, size)
+                if done is None:  # out of memory: the model's work is kept, the host resizes it
+                    return resized(self._to_host(x), size, bit_depth)
+                x = done
             if bit_depth is not None:
                 x = quantize_tensor(torch, x, bit_depth)
             return self._to_host(x)
+
+    def _resize_on_device(self, x: Any, size: tuple[int, int]) -> Any:
+        """resize_tensor, or None when the device runs out of memory for it."""
+        try:
+            return resize_tensor(self.torch, x, size)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+        release_cached(self.torch, self.device)  # out of the except block: the attempt's tensors are gone
+        return None
 
     def compile(self) -> float:
         """torch.compile the net and compile it now (not on the first request); returns the seconds.

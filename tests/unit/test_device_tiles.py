@@ -229,3 +229,18 @@ def test_the_runner_resizes_on_its_device_as_the_host_would(bit_depth: int) -> N
     device = run_model(img, runner, 1.5, tile=0, bit_depth=bit_depth, size=(67, 57))
     assert device.dtype == host.dtype and device.shape == host.shape == (57, 67, 3)
     assert np.abs(device.astype(np.int64) - host.astype(np.int64)).max() <= 1
+
+
+def test_out_of_memory_in_the_device_resize_keeps_the_models_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model ran; only the LANCZOS after it found no memory: the host resizes the model's output
+    (the answer is the model's, not a fallback)."""
+    runner = rrdb_runner(2)
+    img = textured(45, 38)
+    host = run_model(img, runner, 1.5, tile=0, bit_depth=8, size=(67, 57))
+
+    def no_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    monkeypatch.setattr("app.backends.pytorch.resize_tensor", no_memory)
+    runner.resize_on_device = True
+    np.testing.assert_array_equal(run_model(img, runner, 1.5, tile=0, bit_depth=8, size=(67, 57)), host)
