@@ -1,4 +1,5 @@
-"""The tile plan run on the model's device: cut, pad, batch, run, blend and quantise there.
+"""The tile plan run on the model's device: cut, pad, batch, run, blend, resize to a size off the
+model's scale (Pillow's LANCZOS) and quantise there.
 
 The numpy tiler (app/tiling.py) hands every window to the host and back; on a GPU that copy, the
 float32 blend in numpy and the host-side quantisation cost more than the model itself for small nets.
