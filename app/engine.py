@@ -18,7 +18,7 @@ from app.tiling import CancelFlag, is_oom, upscale_tiled
 
 def model_passes(h: int, w: int, scale: int, factor: float, max_pixels: int) -> int:
     """How many passes of an x`scale` model reach `factor`: another pass while short of it, unless its
-    output would pass `max_pixels` (the caller finishes with LANCZOS) or the model does not enlarge."""
+    output would pass `max_pixels` (LANCZOS finishes: run_model's `size`) or the model does not enlarge."""
     passes, total = 1, scale
     while total < factor - 1e-6 and scale > 1 and h * w * total**2 * scale**2 <= max_pixels:
         passes, total = passes + 1, total * scale
