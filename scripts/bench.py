@@ -552,6 +552,8 @@ def main() -> None:
 
 # (model, input side): the hires-fix case, the x4plus shape small and large, the shipped models.
 GPU_CASES = [("x2plus", 768), ("x4plus", 512), ("x4plus", 1024), ("rrdb-x2", 1024), ("rrdb-x4", 1024)]
+# (model, input side, factor) off the model's scale: only the stage split is printed for these.
+HIRES_OFF_SCALE = [("x2plus", 1024, 1.5)]
 
 
 def main_gpu(args: argparse.Namespace) -> None:
@@ -597,6 +599,12 @@ def main_gpu(args: argparse.Namespace) -> None:
             print("  " + " | ".join(row), flush=True)
             rows.append(row)
             stage_rows.append(breakdown_row(f"{kind} {size}² JPEG", stages))
+        # SDXL's hires fix at 1.5x through an x2 model: the LANCZOS after the model runs on the device.
+        for kind, size, factor in HIRES_OFF_SCALE:
+            data = png(test_image(size))
+            fields = {"model": kind, "scale": str(factor), "format": "jpeg"}
+            stages = server.breakdown(data, max(3, args.repeat // 2), **fields)
+            stage_rows.append(breakdown_row(f"{kind} {size}² x{factor} JPEG", stages))
     finally:
         health = probe.stop()
         server.close()
