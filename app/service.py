@@ -79,9 +79,10 @@ class Stages:
         self.cancel = cancel
         self.timings: dict[str, float] = {}  # stage -> ms, in the order they ran (Server-Timing)
 
-    def took(self, stage: str, since: float) -> None:
-        """Record a stage that began at perf_counter() `since` and ended now."""
-        self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - since) * 1000.0
+    def took(self, stage: str, since: float, until: float | None = None) -> None:
+        """Record a stage that ran from perf_counter() `since` to `until` (now when None)."""
+        end = time.perf_counter() if until is None else until
+        self.timings[stage] = self.timings.get(stage, 0.0) + (end - since) * 1000.0
 
     async def run(self, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) on a worker thread, timed as `stage`."""
@@ -325,10 +326,9 @@ class UpscaleService:
                 cancel=stages.cancel,
             )
         finally:
-            started = span[0] if span else time.perf_counter()
-            stages.timings["queue"] = (started - submitted) * 1000.0
+            stages.took("queue", submitted, span[0] if span else None)
             if len(span) == 2:
-                stages.timings["model"] = (span[1] - span[0]) * 1000.0
+                stages.took("model", *span)
 
     def _passes(
         self,

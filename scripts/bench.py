@@ -354,15 +354,12 @@ def bench_resize(device: str) -> None:
     runner does; on CPU the runner keeps Pillow)."""
     from app.backends.torch_tiles import quantize_tensor, resize_tensor
     from app.imaging.pixels import resized
+    from scripts import benchgpu
 
     rows = []
     for side, out in ((2048, 1536), (1536, 1152)):
         src = np.asarray(test_image(side // 4).resize((side, side), Image.Resampling.BICUBIC))
         x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1)))[None].float().div(255).to(device)
-
-        def sync() -> None:
-            if device == "cuda":
-                torch.cuda.synchronize()
 
         def host(x: torch.Tensor = x, out: int = out) -> np.ndarray:
             arr = x[0].permute(1, 2, 0).contiguous().cpu().numpy()
@@ -372,17 +369,10 @@ def bench_resize(device: str) -> None:
             y = quantize_tensor(torch, resize_tensor(torch, x, (out, out)), 8)
             return y[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
-        times = {}
-        for name, fn in (("host", host), ("device", on_device)):
-            fn()
-            sync()
-            best = float("inf")
-            for _ in range(5):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                best = min(best, time.perf_counter() - t0)
-            times[name] = best
+        times = {
+            "host": benchgpu.median_s(host, device, 5),
+            "device": benchgpu.median_s(on_device, device, 5),
+        }
         diff = np.abs(host().astype(int) - on_device().astype(int)).max()
         rows.append(
             [
@@ -394,7 +384,7 @@ def bench_resize(device: str) -> None:
             ]
         )
     table(
-        f"LANCZOS of a model's output to a size off its scale, ms, best of 5 (device: {device})",
+        f"LANCZOS of a model's output to a size off its scale, ms, median of 5 (device: {device})",
         ["case", "to the host + Pillow", "resize_tensor on the device", "speed-up", "max level diff"],
         rows,
     )

@@ -122,8 +122,8 @@ class TorchRunner:
         # On CPU, bf16 runs under autocast (oneDNN bf16 convolutions); elsewhere the weights are cast.
         self.autocast = device == "cpu" and precision == "bf16"
         # LANCZOS to a size off the model's scale: on the device, except on CPU, where Pillow's C loop
-        # on the host ran about 4x torch's taps (scripts/bench.py --models none: 2048² -> 1536² RGB,
-        # quantised, 0.21 s against 0.84 s on 2 cores).
+        # on the host ran 3-4x torch's taps (scripts/bench.py --models none: 2048² -> 1536² RGB,
+        # quantised, 0.21-0.22 s against 0.62-0.84 s on 2 cores).
         self.resize_on_device = device != "cpu"
         self._local = threading.local()
 
@@ -268,10 +268,8 @@ class TorchRunner:
                     cancel=cancel,
                 )
             if size is not None and (x.shape[-1], x.shape[-2]) != size:
-                if not self.resize_on_device:
-                    return resized(self._to_host(x), size, bit_depth)
-                done = self._resize_on_device(x, size)
-                if done is None:  # out of memory: the model's work is kept, the host resizes it
+                done = self._resize_on_device(x, size) if self.resize_on_device else None
+                if done is None:  # CPU, or out of memory there: the host resizes the model's output
                     return resized(self._to_host(x), size, bit_depth)
                 x = done
             if bit_depth is not None:

@@ -60,7 +60,8 @@ class Header:
     opened: Image.Image | None = field(default=None, repr=False, compare=False)
     planes: int = field(default=4, compare=False)  # 1 gray, 2 gray + alpha, 3 colour, 4 colour + alpha
     bit_depth: int = field(default=8, compare=False)  # of the decoded samples: 8 or 16
-    pypng: bool = field(default=False, compare=False)  # a 16-bit PNG Pillow would narrow: read by pypng
+    # A 16-bit PNG Pillow would narrow: libpng reads it (pngread), or pypng where libpng is not given it.
+    pypng: bool = field(default=False, compare=False)
 
 
 _PLANES = {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "La": 2, "PA": 4, "RGBA": 4, "RGBa": 4}

@@ -79,11 +79,11 @@ def encode(
     """Encode to PNG / JPEG / WEBP, carrying the ICC profile and (PNG) text chunks.
 
     PNG goes through app/imaging/pngwrite.py (every bit depth and colour type, deflate on every core);
-    JPEG through app/imaging/jpegwrite.py (Pillow's encoder, strips on every core), WebP through Pillow,
-    16-bit pictures narrowed to 8 bits. JPEG has no alpha (dropped) and
-    WebP no grayscale (stored as RGB): each format keeps what it can. The ICC profile is kept when it
-    matches the written colour space. Raises InvalidParameter when the picture is larger than the
-    format can hold (JPEG 65500, WebP 16383 pixels a side).
+    JPEG through app/imaging/jpegwrite.py (libjpeg-turbo, strips on every core) and WebP through
+    Pillow, 16-bit pictures narrowed to 8 bits. JPEG has no alpha (dropped) and WebP no grayscale
+    (stored as RGB): each format keeps what it can. The ICC profile is kept when it matches the written
+    colour space. Raises InvalidParameter when the picture is larger than the format can hold (JPEG
+    65500, WebP 16383 pixels a side).
     """
     pixels = picture.pixels
     size = picture.size

@@ -14,14 +14,13 @@ import numpy as np
 from PIL import Image
 
 from app.errors import InvalidImage
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from app.imaging.pngwrite import SIGNATURE
 
 
 def needs_pypng(data: bytes, img: Image.Image) -> bool:
     """True for a 16-bit PNG that Pillow would narrow: colour (types 2, 6), gray + alpha (type 4),
     or gray with a tRNS key colour (alpha Pillow would not give)."""
-    if not data.startswith(PNG_SIGNATURE) or len(data) < 26 or data[24] != 16:
+    if not data.startswith(SIGNATURE) or len(data) < 26 or data[24] != 16:
         return False
     color_type = data[25]
     return color_type in (2, 4, 6) or (color_type == 0 and "transparency" in img.info)

@@ -24,9 +24,8 @@ from imagecodecs import PngError, png_decode  # loads its libpng module now, not
 from PIL import PngImagePlugin
 
 from app.errors import InvalidImage
-from app.imaging.pngwrite import chunk
+from app.imaging.pngwrite import SIGNATURE, chunk
 
-SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_END = 33  # signature (8) + length, type, 13 bytes of IHDR, CRC
 _TEXT = {b"tEXt", b"zTXt", b"iTXt"}
 _PILLOWS = {b"tRNS", b"acTL"}  # key-colour alpha and APNG: Pillow's (and pypng's) semantics
