@@ -11,11 +11,14 @@ Rows per model and input size:
   engine      the service's engine in-process (app.engine.run_model: the device-resident tile pipeline)
   engine/np   the same model driven window by window by the numpy tiler (what Core ML packages get)
   http        the service over HTTP: a real `python -m app` on 127.0.0.1, decode and encode included
-GFLOP/s comes from the analytic multiply-add count; peak RSS is sampled during each row (the server's
-process for http), and where each http row's time went (the service's Server-Timing stages). Then the
-LANCZOS path over HTTP against in-process Pillow, /health latency while the benchmark ran, the LANCZOS
-of a model's output to a size off its scale (host Pillow against the device resize), upload decode
-times against Pillow's (alone and beside a busy thread), and output encode times per format. Nothing
+GFLOP/s comes from the analytic multiply-add count, and "of roof" sets it against the same run's dense
+matmul speed in the row's precision (fp32 for the plain forward, the engine's for the rest): about the
+most a convolution net can reach on this CPU, since oneDNN's convolutions are matmul-shaped work. Peak
+RSS is sampled during each row (the server's process for http), and where each http row's time went
+(the service's Server-Timing stages). Then the LANCZOS path over HTTP against in-process Pillow, /health
+latency while the benchmark ran, the LANCZOS of a model's output to a size off its scale (host Pillow
+against the device resize), upload decode times against Pillow's (alone and beside a busy thread), and
+output encode times per format. Nothing
 here is asserted: it prints what it measured.
 """
 
@@ -41,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.backends.base import ModelEntry  # noqa: E402
-from app.backends.pytorch import PyTorchBackend  # noqa: E402
+from app.backends.pytorch import DTYPES, PyTorchBackend  # noqa: E402
 from app.engine import run_model  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
@@ -67,6 +70,14 @@ def timed(fn: Callable[[], object], pid: int | str = "self") -> tuple[float, flo
         fn()
         seconds = time.perf_counter() - t0
     return seconds, mem.peak
+
+
+def matmul_roof(dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of a dense n x n matmul in `dtype` on this CPU (all of torch's threads, best of 5)."""
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    a @ b
+    best = min(timed(lambda: a @ b)[0] for _ in range(5))
+    return 2 * n**3 / best / 1e9
 
 
 def test_image(size: int) -> Image.Image:
@@ -210,8 +221,10 @@ def bench_model(
     server: Server | None,
     backend: PyTorchBackend,
     weights_file: Path,
+    roofs: dict[str, float],
     reference: bool = True,
 ) -> None:
+    """`roofs`: matmul GFLOP/s by precision name (matmul_roof), for the "of roof" column."""
     scale, macs = desc.scale, desc.macs_per_pixel
     entry = ModelEntry(name, "pytorch", weights_file)
     backend.load(entry)
@@ -256,12 +269,14 @@ def bench_model(
         t_ref = measured[0][1] if reference else None
         t_io = measured[1][1] if reference else None
         for row, secs, mem in measured:
+            roof = roofs["fp32" if row.startswith("ref") else backend.precision]
             rows.append(
                 [
                     f"{size}²→{size * scale}²",
                     row,
                     f"{secs:.3f}",
                     f"{gflop / secs:.0f}",
+                    f"{gflop / secs / roof:.0%}",
                     f"{mem:.0f}",
                     f"{t_ref / secs:.2f}x" if t_ref else "-",
                     f"{t_io / secs:.2f}x" if t_io else "-",
@@ -273,7 +288,7 @@ def bench_model(
         + ", ".join(f"{k} {v}" for k, v in desc.hyperparameters.items())
         + f" ({macs / 1e6:.2f} M MAC per input px); "
         f"engine {status.device} {status.precision}, tile {runner.default_tile}",
-        ["input", "row", "seconds", "GFLOP/s", "peak RSS MB", "vs reference", "vs ref+io"],
+        ["input", "row", "seconds", "GFLOP/s", "of roof", "peak RSS MB", "vs reference", "vs ref+io"],
         rows,
     )
     if stage_rows:
@@ -510,11 +525,16 @@ def main() -> None:
         f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}; engine precision {backend.precision}"
     )
+    roofs = {p: matmul_roof(getattr(torch, DTYPES[p])) for p in {"fp32", backend.precision}}
+    print(
+        "the roof: dense 2048² matmul, "
+        + ", ".join(f"{p} {gflops:.0f} GFLOP/s" for p, gflops in sorted(roofs.items()))
+    )
     server = None if args.no_http else Server(work, {"UPSCALER_PRECISION": args.precision})
     probe = HealthProbe(server.url) if server else None
     try:
         for name, desc, net, path in models:
-            bench_model(name, desc, net, sizes, server, backend, path, reference=not args.no_reference)
+            bench_model(name, desc, net, sizes, server, backend, path, roofs, reference=not args.no_reference)
         if server is not None:
             bench_lanczos(server, level=1)
     finally:
