@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
@@ -38,6 +37,7 @@ from app.fallback import LANCZOS, NEAREST, Choice, choose
 from app.imaging.decode import DecodedImage, Header, decode, probe
 from app.imaging.encode import MEDIA_TYPES, cap_metadata, encode, output_format
 from app.imaging.pixels import Picture, compose, resize_array, to_unit_float
+from app.imaging.resample import lanczos
 from app.memory import MemoryBudget, Reservation, budget_bytes, estimate_bytes
 from app.scheduler import DeviceQueue
 from app.sizing import ScaleTo, Sizing, Target, target_for
@@ -385,7 +385,7 @@ class UpscaleService:
             return Picture(np.ascontiguousarray(pixels[ys][:, xs])).crop(target.crop)
         image = decoded.pil()
         if image is not None:
-            return Picture.from_pil(image.resize(size, Image.Resampling.LANCZOS)).crop(target.crop)
+            return Picture.from_array(lanczos(image, size)).crop(target.crop)
         color = resize_array(to_unit_float(decoded.pixels), size)
         alpha = None
         if decoded.alpha is not None:

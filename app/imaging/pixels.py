@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from app.imaging.resample import lanczos
+
 
 @dataclass(frozen=True)
 class Picture:
@@ -28,7 +30,11 @@ class Picture:
     @classmethod
     def from_pil(cls, img: Image.Image) -> Picture:
         """From a Pillow image in L, LA, RGB, RGBA or I;16."""
-        arr = np.asarray(img)
+        return cls.from_array(np.asarray(img))
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> Picture:
+        """From (H, W) or (H, W, C) uint8 / uint16 samples, as `np.asarray` gives a Pillow image's."""
         return cls(np.ascontiguousarray(arr[..., None] if arr.ndim == 2 else arr))
 
     def crop(self, box: tuple[int, int, int, int] | None) -> Picture:
@@ -43,13 +49,10 @@ def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """LANCZOS-resize a float32 (H, W, C) or (H, W) array to `size` = (W, H), channel by channel.
     Values are not clipped: LANCZOS may overshoot the input range a little (quantize() clips)."""
     if arr.ndim == 2:
-        return np.asarray(
-            Image.fromarray(arr.astype(np.float32, copy=False), "F").resize(size, Image.Resampling.LANCZOS)
-        )
+        return lanczos(Image.fromarray(arr.astype(np.float32, copy=False), "F"), size)
     out = np.empty((size[1], size[0], arr.shape[2]), np.float32)
     for c in range(arr.shape[2]):
-        plane = Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32), "F")
-        out[..., c] = np.asarray(plane.resize(size, Image.Resampling.LANCZOS))
+        lanczos(Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32), "F"), size, out[..., c])
     return out
 
 
