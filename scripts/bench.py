@@ -17,9 +17,9 @@ most a convolution net can reach on this CPU, since oneDNN's convolutions are ma
 RSS is sampled during each row (the server's process for http), and where each http row's time went
 (the service's Server-Timing stages). Then the LANCZOS path over HTTP against in-process Pillow, /health
 latency while the benchmark ran, the LANCZOS of a model's output to a size off its scale (host Pillow
-against the device resize), upload decode times against Pillow's (alone and beside a busy thread), and
-output encode times per format. Nothing
-here is asserted: it prints what it measured.
+against the device resize), an upload's LANCZOS in bands on every core against Pillow's on one, upload
+decode times against Pillow's (alone and beside a busy thread), and output encode times per format.
+Nothing here is asserted: it prints what it measured.
 """
 
 from __future__ import annotations
@@ -405,6 +405,42 @@ def bench_resize(device: str) -> None:
     )
 
 
+def bench_bands() -> None:
+    """Pillow's LANCZOS of an upload on one core against app/imaging/resample.py's bands on every core
+    (both into numpy, as the service needs them), and whether the pixels are the same."""
+    from app.imaging.resample import lanczos
+
+    rows = []
+    for mode, side, out in (("RGB", 1024, 2048), ("RGBA", 1024, 2048), ("RGB", 768, 1152), ("L", 1024, 4096)):
+        img = test_image(side).convert(mode)
+        if mode == "RGBA":
+            img.putalpha(Image.fromarray(np.asarray(img)[..., 1]))
+
+        def whole(img: Image.Image = img, out: int = out) -> np.ndarray:
+            return np.asarray(img.resize((out, out), Image.Resampling.LANCZOS))
+
+        def bands(img: Image.Image = img, out: int = out) -> np.ndarray:
+            return lanczos(img, (out, out))
+
+        t_whole = min(timed(whole)[0] for _ in range(5))
+        t_bands = min(timed(bands)[0] for _ in range(5))
+        same = "yes" if np.array_equal(whole(), bands()) else "NO"
+        rows.append(
+            [
+                f"{mode} {side}² -> {out}²",
+                f"{t_whole * 1000:.1f}",
+                f"{t_bands * 1000:.1f}",
+                f"{t_whole / t_bands:.1f}x",
+                same,
+            ]
+        )
+    table(
+        f"LANCZOS of an upload, ms, best of 5 ({os.cpu_count()} cores)",
+        ["case", "Pillow, one core", "in bands, every core", "speed-up", "same pixels"],
+        rows,
+    )
+
+
 class BusyThread:
     """A thread running Python, as the event loop and the model threads do in the service: a decoder
     that gives the GIL back and takes it again for every block waits on it each time."""
@@ -556,6 +592,7 @@ def main() -> None:
             ],
         )
     bench_resize("cpu")
+    bench_bands()
     bench_decode()
     bench_encode(2048)
 
