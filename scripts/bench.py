@@ -663,6 +663,7 @@ def main_gpu(args: argparse.Namespace) -> None:
         f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
     )
     bench_resize(device)
+    bench_bands()
     bench_decode()
     bench_encode(2048)
 
