@@ -72,11 +72,16 @@ def timed(fn: Callable[[], object], pid: int | str = "self") -> tuple[float, flo
     return seconds, mem.peak
 
 
+def best_s(fn: Callable[[], object], runs: int = 3) -> float:
+    """The fastest of `runs` timed calls, in seconds."""
+    return min(timed(fn)[0] for _ in range(runs))
+
+
 def matmul_roof(dtype: torch.dtype, n: int = 2048) -> float:
     """GFLOP/s of a dense n x n matmul in `dtype` on this CPU (all of torch's threads, best of 5)."""
     a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
     a @ b
-    best = min(timed(lambda: a @ b)[0] for _ in range(5))
+    best = best_s(lambda: a @ b, 5)
     return 2 * n**3 / best / 1e9
 
 
@@ -306,8 +311,8 @@ def bench_lanczos(server: Server, level: int) -> None:
 
     local()
     server.upscale(data, model="lanczos", scale="2")
-    t_local = min(timed(local)[0] for _ in range(3))
-    t_http = min(timed(lambda: server.upscale(data, model="lanczos", scale="2"))[0] for _ in range(3))
+    t_local = best_s(local)
+    t_http = best_s(lambda: server.upscale(data, model="lanczos", scale="2"))
     rows.append(["in-process Pillow decode + resize + encode", f"{t_local:.3f}", "1.00x"])
     rows.append(["service over HTTP (model=lanczos)", f"{t_http:.3f}", f"{t_http / t_local:.2f}x"])
     table(
@@ -340,8 +345,8 @@ def bench_encode(size: int) -> None:
         def service(fmt: str = fmt, level: int = level) -> bytes:
             return encode(picture, fmt, quality=level, png_level=level, icc_profile=None, text={})
 
-        pil_s = min(timed(pillow)[0] for _ in range(3))
-        our_s = min(timed(service)[0] for _ in range(3))
+        pil_s = best_s(pillow)
+        our_s = best_s(service)
         theirs, ours = pillow(), service()
         if fmt == "PNG":
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), picture.pixels)
@@ -422,8 +427,8 @@ def bench_bands() -> None:
         def bands(img: Image.Image = img, out: int = out) -> np.ndarray:
             return lanczos(img, (out, out))
 
-        t_whole = min(timed(whole)[0] for _ in range(5))
-        t_bands = min(timed(bands)[0] for _ in range(5))
+        t_whole = best_s(whole, 5)
+        t_bands = best_s(bands, 5)
         same = "yes" if np.array_equal(whole(), bands()) else "NO"
         rows.append(
             [
@@ -496,8 +501,8 @@ def bench_decode() -> None:
         row = [label]
         for busy in (False, True):
             with BusyThread() if busy else contextlib.nullcontext():
-                t_before = min(timed(lambda data=data, f=before: f(data))[0] for _ in range(5))
-                t_ours = min(timed(ours)[0] for _ in range(5))
+                t_before = best_s(lambda data=data, f=before: f(data), 5)
+                t_ours = best_s(ours, 5)
             row += [f"{t_before * 1000:.1f}", f"{t_ours * 1000:.1f}", f"{t_before / t_ours:.1f}x"]
         rows.append(row)
     table(

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
@@ -239,8 +240,6 @@ def _direct(header: Header, img: Image.Image) -> DecodedImage | None:
         samples, text = read
         text = _unoriented_xmp(text, orientation)
     elif header.format == "JPEG" and img.mode in ("RGB", "L"):
-        import simplejpeg
-
         try:
             samples = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY")
         except ValueError as exc:

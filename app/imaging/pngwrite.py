@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from isal import isal_zlib
 
-from app.imaging.threads import pool
+from app.imaging.threads import edges, pool
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # planes -> PNG colour type (gray, gray + alpha, RGB, RGBA)
@@ -87,11 +87,9 @@ def adaptive_rows(pixels: np.ndarray) -> np.ndarray:
     out = np.empty((h, rows.shape[1] + 1), np.uint8)
     zero = np.zeros(rows.shape[1], np.uint8)
     blocks = max(1, min(h, -(-rows.size // MIN_PIECE)))
-    edges = [h * i // blocks for i in range(blocks + 1)]
     jobs = [
         pool().submit(_adaptive_piece, rows[a:b], rows[a - 1] if a else zero, bpp, out[a:b])
-        for a, b in itertools.pairwise(edges)
-        if b > a
+        for a, b in itertools.pairwise(edges(h, blocks))
     ]
     for job in jobs:
         job.result()
@@ -129,10 +127,9 @@ def idat_chunks(raw: bytes | memoryview, level: int) -> list[bytes]:
     one chunk per piece (deflated in parallel), the adler32."""
     view = memoryview(raw).cast("B")  # bytes, whatever the shape of the array behind it
     pieces = max(1, min(os.cpu_count() or 1, len(view) // MIN_PIECE))
-    bounds = [len(view) * i // pieces for i in range(pieces + 1)]
+    bounds = edges(len(view), pieces)
     jobs = [
-        pool().submit(_idat_piece, view[a:b], level, i == pieces - 1)
-        for i, (a, b) in enumerate(itertools.pairwise(bounds))
+        pool().submit(_idat_piece, view[a:b], level, b == len(view)) for a, b in itertools.pairwise(bounds)
     ]
     header = b"\x78\x01" if level <= 3 else b"\x78\x9c"  # fastest / default compression; both % 31 == 0
     chunks, check = [chunk(b"IDAT", header)], 1

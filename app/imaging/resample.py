@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.imaging.threads import pool
+from app.imaging.threads import edges, pool
 
 MIN_BAND_PIXELS = 1 << 18  # output pixels per band at least: smaller bands cost more than they save
 _PREMULTIPLIED = {"RGBA": "RGBa", "LA": "La"}
@@ -59,7 +59,7 @@ def lanczos(img: Image.Image, size: tuple[int, int], out: np.ndarray | None = No
     if back:  # here, once: the source is the smaller side
         img = img.convert(_PREMULTIPLIED[mode])
     if w != sw:  # the horizontal pass, on bands of source rows
-        edges = _bounds(sh, bands)
+        cuts = edges(sh, bands)
         last = h == sh
         jobs = [
             pool().submit(
@@ -70,29 +70,24 @@ def lanczos(img: Image.Image, size: tuple[int, int], out: np.ndarray | None = No
                 back if last else None,
                 dest[a:b] if last else None,
             )
-            for a, b in itertools.pairwise(edges)
+            for a, b in itertools.pairwise(cuts)
         ]
         if last:
             return _wait(jobs, dest)
         img = Image.new(img.mode, (w, sh))
-        for top, job in zip(edges, jobs, strict=False):  # edges has one more: the bottom
+        for top, job in zip(cuts, jobs, strict=False):  # cuts has one more: the bottom
             img.paste(job.result(), (0, top))
     step = h // math.gcd(h, sh)  # output rows between band edges whose source row is whole
     if step * bands > h:
         return _resized(img, (w, h), None, back, dest)
-    edges = _bounds(h, bands, step)  # the vertical pass, on bands of output rows
+    cuts = edges(h, bands, step)  # the vertical pass, on bands of output rows
     return _wait(
         [
             pool().submit(_resized, img, (w, b - a), (0, a * sh // h, w, b * sh // h), back, dest[a:b])
-            for a, b in itertools.pairwise(edges)
+            for a, b in itertools.pairwise(cuts)
         ],
         dest,
     )
-
-
-def _bounds(total: int, pieces: int, step: int = 1) -> list[int]:
-    """Edges from 0 to `total` for about `pieces` equal pieces, each a multiple of `step`."""
-    return sorted({min(total, round(total * i / pieces / step) * step) for i in range(pieces)} | {total})
 
 
 def _resized(
