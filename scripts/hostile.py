@@ -290,6 +290,18 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
             s.close()
         return Outcome([f"{closed}/100 closed"], closed == 100)
 
+    def endless_head() -> Outcome:  # header lines for ever: cut after 16 KiB, nothing held
+        host, port = url.removeprefix("http://").split(":")
+        line = b"X-A: " + b"a" * 1000 + b"\r\n"
+        sent = 0
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                while sent < 256 * MB:
+                    s.sendall(line * 64)
+                    sent += len(line) * 64
+        return Outcome([f"cut after {sent / MB:.1f} MB"], sent < 8 * MB)
+
     def gone_upload() -> Outcome:
         before = client_closed(url)
         head = (
@@ -335,6 +347,7 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
         "two image parts": repeated,
         "slow upload (body stalls)": slow_upload,
         "100 connections stalled in their headers": stalled,
+        "a request head that never ends (header lines)": endless_head,
         "disconnect mid-upload": gone_upload,
         "disconnect mid-work": gone_work,
         "disconnect mid-response": gone_response,
