@@ -9,7 +9,8 @@ Columns per case (model shape, input size):
               the host and quantised there (RealESRGANer.enhance without its pre/post padding)
   engine      app.engine.run_model in-process: the device-resident tile pipeline, uint8 in and out
   http png / http jpeg   one client, a real `python -m app` on 127.0.0.1 on the same device
-  8 clients   images/s of 8 concurrent clients (PNG out), beside the limit's images/s (1 / limit)
+  8 clients   images/s of 8 concurrent clients, each its own process (PNG out; scripts/clients.py),
+              beside the limit's images/s (1 / limit)
   GPU MB      peak memory the engine's run allocated on the device (torch's allocator)
 A second table splits the HTTP JPEG request: the service's stages from its Server-Timing header, and
 what lies outside its processing time (transfer, HTTP parsing and the response, on both ends).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +33,7 @@ from app.backends.base import ModelEntry
 from app.backends.pytorch import PyTorchBackend
 from app.engine import run_model
 from app.models.descriptor import ModelDescriptor
+from scripts.clients import images_per_s
 
 CLIENTS = 8
 
@@ -64,28 +65,6 @@ def realesrgan_way(net: torch.nn.Module, img: np.ndarray, device: str) -> np.nda
         out = net(t)
     y = out.data.squeeze().float().cpu().clamp_(0, 1).numpy()
     return (np.transpose(y, (1, 2, 0)) * 255.0).round().astype(np.uint8)
-
-
-def concurrent_ips(upscale: Callable[[], object], per_client: int) -> float:
-    """Images per second that CLIENTS threads, each sending `per_client` requests in a row, got."""
-    errors: list[BaseException] = []
-
-    def client() -> None:
-        try:
-            for _ in range(per_client):
-                upscale()
-        except BaseException as exc:  # reported after the run
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return CLIENTS * per_client / (time.perf_counter() - t0)
 
 
 def limit_s(
@@ -158,7 +137,8 @@ def bench_case(
     t_png = median_s(http("png"), device, max(3, repeat // 2))
     t_jpeg = median_s(http("jpeg"), device, max(3, repeat // 2))
     stages = server.breakdown(png_data, max(3, repeat // 2), model=name, scale=str(scale), format="jpeg")
-    ips = concurrent_ips(http("png"), per_client=4)
+    fields = {"model": name, "scale": str(scale), "format": "png"}
+    ips = images_per_s(f"{server.url}/upscale", png_data, fields, clients=CLIENTS)
     limit_ips = 1.0 / t_limit
     gflop = 2 * desc.macs_per_pixel * size * size / 1e9
     return stages, [
