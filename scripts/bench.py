@@ -49,6 +49,7 @@ from app.engine import run_model  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
+from scripts.clients import THROUGHPUT_HEAD, run_clients  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 from scripts.rss import PeakRSS  # noqa: E402
 
@@ -321,6 +322,15 @@ def bench_lanczos(server: Server, level: int) -> None:
     breakdown_table(
         "LANCZOS over HTTP: where the time went",
         [breakdown_row("1024²→2048² PNG", server.breakdown(data, 5, model="lanczos", scale="2"))],
+    )
+    fields = {"model": "lanczos", "scale": "2", "format": "png"}
+    load = run_clients(
+        f"{server.url}/upscale", data, fields, clients=4, per_client=4, server_pid=server.proc.pid
+    )
+    table(
+        "LANCZOS 1024²→2048² PNG, 4 clients (each its own process): the server's host CPU per image",
+        THROUGHPUT_HEAD,
+        [load.row("1024²→2048² PNG")],
     )
 
 
@@ -630,12 +640,12 @@ def main_gpu(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, {name}, {os.cpu_count()} host cores", flush=True)
     server = Server(work, {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)})
     probe = HealthProbe(server.url)
-    rows, stage_rows = [], []
+    rows, stage_rows, load_rows = [], [], []
     try:
         for kind, size in GPU_CASES:
             desc, net, path = nets[kind]
             img = test_image(size)
-            stages, row = benchgpu.bench_case(
+            stages, row, load = benchgpu.bench_case(
                 kind,
                 desc,
                 net,
@@ -651,6 +661,7 @@ def main_gpu(args: argparse.Namespace) -> None:
             print("  " + " | ".join(row), flush=True)
             rows.append(row)
             stage_rows.append(breakdown_row(f"{kind} {size}² JPEG", stages))
+            load_rows.append(load.row(f"{kind} {size}²→{size * desc.scale}² PNG"))
         # SDXL's hires fix at 1.5x through an x2 model: the LANCZOS after the model runs on the device.
         for kind, size, factor in HIRES_OFF_SCALE:
             data = png(test_image(size))
@@ -662,6 +673,7 @@ def main_gpu(args: argparse.Namespace) -> None:
         server.close()
     table(f"The service on {name} (medians of {args.repeat})", benchgpu.HEAD, rows)
     breakdown_table("HTTP with JPEG output: where the time went", stage_rows)
+    table(f"{benchgpu.CLIENTS} clients: the server's host CPU per image", THROUGHPUT_HEAD, load_rows)
     ms = np.asarray(health)
     print(
         f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "

@@ -13,7 +13,9 @@ Columns per case (model shape, input size):
               beside the limit's images/s (1 / limit)
   GPU MB      peak memory the engine's run allocated on the device (torch's allocator)
 A second table splits the HTTP JPEG request: the service's stages from its Server-Timing header, and
-what lies outside its processing time (transfer, HTTP parsing and the response, on both ends).
+what lies outside its processing time (transfer, HTTP parsing and the response, on both ends). A third
+shows the server's host CPU per image while the 8 clients ran: all its threads, and its event loop's
+thread alone (every request passes through it: at 100% busy it is the bound, not the GPU).
 Seconds are medians after a warm-up. Nothing is asserted: it prints what it measured.
 """
 
@@ -33,7 +35,7 @@ from app.backends.base import ModelEntry
 from app.backends.pytorch import PyTorchBackend
 from app.engine import run_model
 from app.models.descriptor import ModelDescriptor
-from scripts.clients import images_per_s
+from scripts.clients import Throughput, run_clients
 
 CLIENTS = 8
 
@@ -119,7 +121,7 @@ def bench_case(
     device: str,
     compile_net: bool,
     repeat: int,
-) -> tuple[dict[str, float], list[str]]:
+) -> tuple[dict[str, float], list[str], Throughput]:
     """The case's row of the GPU table, and where its HTTP JPEG request's time went (ms, medians)."""
     scale = desc.scale
     t_limit, t_compiled = limit_s(net, desc, size, device, compile_net, repeat)
@@ -138,21 +140,35 @@ def bench_case(
     t_jpeg = median_s(http("jpeg"), device, max(3, repeat // 2))
     stages = server.breakdown(png_data, max(3, repeat // 2), model=name, scale=str(scale), format="jpeg")
     fields = {"model": name, "scale": str(scale), "format": "png"}
-    ips = images_per_s(f"{server.url}/upscale", png_data, fields, clients=CLIENTS)
+    load = run_clients(f"{server.url}/upscale", png_data, fields, clients=CLIENTS, server_pid=server.proc.pid)
+    ips = load.images_per_s
     limit_ips = 1.0 / t_limit
     gflop = 2 * desc.macs_per_pixel * size * size / 1e9
-    return stages, [
-        f"{name} {size}²→{size * scale}²",
-        f"{t_limit:.4f} s ({gflop / t_limit / 1000:.0f} TFLOP/s)",
-        f"{t_compiled:.4f} s / engine {t_engine_c:.4f} s" if t_compiled and t_engine_c else "-",
-        f"{t_realesrgan:.4f} s ({t_realesrgan / t_limit:.2f}x)",
-        f"{t_engine:.4f} s ({t_engine / t_limit:.2f}x)",
-        f"{t_png:.4f} s ({t_png / t_limit:.2f}x)",
-        f"{t_jpeg:.4f} s ({t_jpeg / t_limit:.2f}x)",
-        f"{ips:.1f} / {limit_ips:.1f} ({ips / limit_ips:.0%})",
-        f"{peak_mb:.0f}",
-    ]
+    return (
+        stages,
+        [
+            f"{name} {size}²→{size * scale}²",
+            f"{t_limit:.4f} s ({gflop / t_limit / 1000:.0f} TFLOP/s)",
+            f"{t_compiled:.4f} s / engine {t_engine_c:.4f} s" if t_compiled and t_engine_c else "-",
+            f"{t_realesrgan:.4f} s ({t_realesrgan / t_limit:.2f}x)",
+            f"{t_engine:.4f} s ({t_engine / t_limit:.2f}x)",
+            f"{t_png:.4f} s ({t_png / t_limit:.2f}x)",
+            f"{t_jpeg:.4f} s ({t_jpeg / t_limit:.2f}x)",
+            f"{ips:.1f} / {limit_ips:.1f} ({ips / limit_ips:.0%})",
+            f"{peak_mb:.0f}",
+        ],
+        load,
+    )
 
+
+HEAD = [
+    "case",
+    "images/s",
+    "server CPU ms per image",
+    "cores busy",
+    "event loop ms per image",
+    "event loop busy",
+]
 
 HEAD = [
     "case",

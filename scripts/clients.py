@@ -1,5 +1,5 @@
 """Concurrent HTTP clients, each in its own process, for throughput figures (`bench.py`'s
-"8 clients" column).
+"8 clients" column), and where the server's host CPU went meanwhile.
 
 Each client is a process as each of the pipelines beside a service would be: client threads in one
 Python process share its GIL, and parsing a multi-megabyte PNG answer in httpx costs 15-25 ms of that
@@ -11,8 +11,56 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any
+
+from scripts.rss import cpu_s
+
+
+@dataclass
+class Throughput:
+    """What `run_clients` measured over the timed span. The CPU figures are per image and None where
+    /proc cannot be read: the server process's (every thread) and its main thread's, which runs the
+    event loop that every request passes through."""
+
+    images_per_s: float
+    server_cpu_ms: float | None = None
+    event_loop_ms: float | None = None
+
+    @property
+    def event_loop_busy(self) -> float | None:
+        """The event loop thread's share of the wall time (1.0: it is the bound)."""
+        return None if self.event_loop_ms is None else self.event_loop_ms * self.images_per_s / 1000
+
+    @property
+    def busy_cores(self) -> float | None:
+        return None if self.server_cpu_ms is None else self.server_cpu_ms * self.images_per_s / 1000
+
+    def row(self, case: str) -> list[str]:
+        """A table row under THROUGHPUT_HEAD."""
+
+        def fmt(value: float | None, spec: str) -> str:
+            return "-" if value is None else format(value, spec)
+
+        return [
+            case,
+            f"{self.images_per_s:.1f}",
+            fmt(self.server_cpu_ms, ".1f"),
+            fmt(self.busy_cores, ".1f"),
+            fmt(self.event_loop_ms, ".2f"),
+            fmt(self.event_loop_busy, ".0%"),
+        ]
+
+
+THROUGHPUT_HEAD = [
+    "case",
+    "images/s",
+    "server CPU ms per image",
+    "cores busy",
+    "event loop ms per image",
+    "event loop busy",
+]
 
 
 def _client(url: str, image: bytes, fields: dict[str, str], count: int, start: Barrier, out: Any) -> None:
@@ -28,27 +76,28 @@ def _client(url: str, image: bytes, fields: dict[str, str], count: int, start: B
         try:
             one()  # the connection and the process warm, untimed
         finally:
-            start.wait()  # every client is ready: the clock starts (a failed one still lets the rest go)
+            start.wait()  # every client (and the parent) is ready: the clock starts
         t0 = time.perf_counter()
         for _ in range(count):
             one()
         out.put((t0, time.perf_counter()))
 
 
-def images_per_s(
+def run_clients(
     url: str,
     image: bytes,
     fields: dict[str, str],
     clients: int = 8,
     per_client: int = 4,
+    server_pid: int | None = None,
     timeout_s: float = 600,
-) -> float:
-    """Images per second that `clients` processes, each posting the PNG `image` with the form `fields`
-    (multipart, as bench.py's other HTTP rows) to `url` `per_client` times in a row after one untimed
-    warm-up, got together: all requests over the span from the first timed
-    start to the last end. Raises RuntimeError when a client fails or does not finish in `timeout_s`."""
+) -> Throughput:
+    """`clients` processes each post the PNG `image` with the form `fields` (multipart, as bench.py's
+    other HTTP rows) to `url` `per_client` times in a row after one untimed warm-up. Images per second
+    over the span from the first timed start to the last end; with `server_pid`, the server's CPU over
+    that span too. Raises RuntimeError when a client fails or does not finish in `timeout_s`."""
     ctx = mp.get_context("spawn")
-    start = ctx.Barrier(clients)
+    start = ctx.Barrier(clients + 1)
     out = ctx.Queue()
     procs = [
         ctx.Process(target=_client, args=(url, image, fields, per_client, start, out), daemon=True)
@@ -59,6 +108,8 @@ def images_per_s(
     spans = []
     deadline = time.monotonic() + timeout_s
     try:
+        start.wait(timeout=timeout_s)  # a client that failed its warm-up broke nothing: it waited too
+        cpu0 = (cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (None, None)
         while len(spans) < clients:
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -70,11 +121,17 @@ def images_per_s(
                 spans.append(out.get(timeout=0.5))
             except Exception:  # queue.Empty: look again
                 continue
+        cpu1 = (cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (None, None)
     finally:
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
+    images = clients * per_client
     first = min(t0 for t0, _ in spans)
     last = max(t1 for _, t1 in spans)
-    return clients * per_client / (last - first)
+
+    def per_image_ms(before: float | None, after: float | None) -> float | None:
+        return None if before is None or after is None else (after - before) * 1000 / images
+
+    return Throughput(images / (last - first), per_image_ms(cpu0[0], cpu1[0]), per_image_ms(cpu0[1], cpu1[1]))

@@ -1,8 +1,9 @@
-"""A process's resident memory from /proc (Linux), and a sampler of its peak, for the benchmarks, the
-load test and the hostile trial."""
+"""A process's resident memory and CPU time from /proc (Linux), and a sampler of its peak memory, for
+the benchmarks, the load test and the hostile trial."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 
@@ -37,3 +38,15 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cpu_s(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU seconds of process `pid`, or of its thread `thread` (its main thread is `pid`
+    itself); None where /proc has no such file (the process gone, or not Linux)."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

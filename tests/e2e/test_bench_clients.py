@@ -1,0 +1,54 @@
+"""The benchmark's concurrent clients (scripts/clients.py), each its own process, against a real
+`python -m app`: every request counted, the server's CPU read from /proc, a failing client reported."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.clients import THROUGHPUT_HEAD, run_clients
+from scripts.localserver import LocalServer, local_server
+from tests.support.images import gradient_image, png_bytes
+
+PNG = png_bytes(gradient_image(64, 48))
+
+
+@pytest.fixture
+def server(weights_dir: Path, tmp_path: Path) -> Iterator[LocalServer]:
+    with local_server(weights_dir, tmp_path / "server.log", startup_s=60) as srv:
+        yield srv
+
+
+def served(server: LocalServer) -> float:
+    import httpx2 as httpx
+
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('upscaler_requests_total{method="POST",route="/upscale",status="200"}')
+    )
+
+
+@pytest.mark.slow
+def test_clients_in_processes_count_every_image_and_read_the_server_cpu(server: LocalServer) -> None:
+    fields = {"model": "lanczos", "scale": "2", "format": "png"}
+    load = run_clients(
+        f"{server.url}/upscale", PNG, fields, clients=2, per_client=3, server_pid=server.proc.pid
+    )
+    assert served(server) == 2 * (3 + 1)  # the timed requests and one warm-up each
+    assert load.images_per_s > 0
+    if sys.platform == "linux":
+        assert load.server_cpu_ms is not None and load.event_loop_ms is not None
+        assert 0 < load.event_loop_ms <= load.server_cpu_ms
+    row = load.row("case")
+    assert len(row) == len(THROUGHPUT_HEAD) and row[0] == "case"
+
+
+@pytest.mark.slow
+def test_a_failing_client_is_reported(server: LocalServer) -> None:
+    with pytest.raises(RuntimeError, match="client failed"):
+        run_clients(f"{server.url}/upscale", PNG, {"scale": "99"}, clients=2, per_client=1, timeout_s=60)
