@@ -100,9 +100,8 @@ class HeadLimit(asyncio.Protocol):
         super().data_received(data)
         if not self._in_head:
             return
-        self._head_bytes += len(
-            data
-        )  # the chunk that began the head may hold the last body's tail: close enough
+        # Whole chunks: the one a head began in may also hold the end of a pipelined request before it.
+        self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
             cycle: Any = getattr(self, "cycle", None)
             if cycle is None or cycle.response_complete:
