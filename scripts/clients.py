@@ -10,9 +10,11 @@ what the service delivers. This module imports no torch: `spawn` starts its chil
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import time
 from dataclasses import dataclass
-from multiprocessing.synchronize import Barrier
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from typing import Any
 
 from scripts.rss import cpu_s
@@ -63,7 +65,9 @@ THROUGHPUT_HEAD = [
 ]
 
 
-def _client(url: str, image: bytes, fields: dict[str, str], count: int, start: Barrier, out: Any) -> None:
+def _client(
+    url: str, image: bytes, fields: dict[str, str], count: int, ready: Any, go: Event, out: Any
+) -> None:
     import httpx2 as httpx
 
     with httpx.Client(timeout=300) as client:
@@ -73,14 +77,28 @@ def _client(url: str, image: bytes, fields: dict[str, str], count: int, start: B
             if resp.status_code != 200:
                 raise RuntimeError(f"{resp.status_code}: {resp.text[:300]}")
 
-        try:
-            one()  # the connection and the process warm, untimed
-        finally:
-            start.wait()  # every client (and the parent) is ready: the clock starts
+        one()  # the connection and the process warm, untimed
+        ready.put(True)
+        go.wait()  # every client is ready: the clock starts
         t0 = time.perf_counter()
         for _ in range(count):
             one()
         out.put((t0, time.perf_counter()))
+
+
+def _collect(box: Any, count: int, procs: list[BaseProcess], deadline: float, what: str) -> list[Any]:
+    """`count` items from `box`. Raises RuntimeError when a client process fails or time runs out."""
+    items: list[Any] = []
+    while len(items) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count - len(items)} of {count} clients were not {what} in time")
+        if any(p.exitcode not in (None, 0) for p in procs):
+            raise RuntimeError("a client failed (its traceback is above)")
+        try:
+            items.append(box.get(timeout=0.5))
+        except queue.Empty:
+            continue
+    return items
 
 
 def run_clients(
@@ -97,31 +115,29 @@ def run_clients(
     over the span from the first timed start to the last end; with `server_pid`, the server's CPU over
     that span too. Raises RuntimeError when a client fails or does not finish in `timeout_s`."""
     ctx = mp.get_context("spawn")
-    start = ctx.Barrier(clients + 1)
-    out = ctx.Queue()
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=_client, args=(url, image, fields, per_client, start, out), daemon=True)
+        ctx.Process(target=_client, args=(url, image, fields, per_client, ready, go, out), daemon=True)
         for _ in range(clients)
     ]
     for p in procs:
         p.start()
-    spans = []
     deadline = time.monotonic() + timeout_s
+
+    def server_cpu() -> tuple[float | None, float | None]:
+        """The server's CPU seconds: all its threads, and its main thread (the event loop's)."""
+        return (cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (None, None)
+
     try:
-        start.wait(timeout=timeout_s)  # a client that failed its warm-up broke nothing: it waited too
-        cpu0 = (cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (None, None)
-        while len(spans) < clients:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{clients - len(spans)} of {clients} clients did not finish in {timeout_s:.0f} s"
-                )
-            if any(p.exitcode not in (None, 0) for p in procs):
-                raise RuntimeError("a client failed (its traceback is above)")
-            try:
-                spans.append(out.get(timeout=0.5))
-            except Exception:  # queue.Empty: look again
-                continue
-        cpu1 = (cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (None, None)
+        _collect(ready, clients, procs, deadline, "ready")
+        cpu0 = server_cpu()
+        go.set()
+        spans = _collect(out, clients, procs, deadline, "done")
+        cpu1 = server_cpu()
+    except BaseException:
+        for p in procs:  # the rest may wait for a start that will not come
+            p.kill()
+        raise
     finally:
         for p in procs:
             p.join(timeout=5)
