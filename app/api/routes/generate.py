@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from typing import Annotated, Any
@@ -11,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ValidationError
 
+from app.api import b64
 from app.api.deps import StateDep, require_api_key
 from app.api.disconnect import cancel_on_disconnect
 from app.api.uploads import media_type
-from app.errors import InvalidImage, UnsupportedMediaType, ValidationFailed
+from app.errors import UnsupportedMediaType, ValidationFailed
 from app.imaging.decode import probe
 from app.middleware import Outcome, record_outcome, record_timings
 from app.schemas import GenerateForm, GenerateRequest, GenerateResponse, error_responses
@@ -69,15 +68,6 @@ _OPENAPI = {
 }
 
 
-def decode_b64(text: str, index: int) -> bytes:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage(f"images[{index}] is not valid base64") from None
-
-
 def validation_failed(exc: ValidationError) -> ValidationFailed:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -114,7 +104,7 @@ async def read_request(request: Request, form: GenerateForm) -> tuple[GenerateRe
     except ValidationError as exc:
         raise validation_failed(exc) from None
     texts = ([req.image] if req.image else []) + list(req.images or [])
-    images += [decode_b64(t, i) for i, t in enumerate(texts)]
+    images += [b64.decode(t, i) for i, t in enumerate(texts)]
     if not images:
         raise ValidationFailed(
             "image: field required. /generate upscales a first-pass image ('image' or 'images'); "
@@ -161,7 +151,7 @@ async def generate(
             if not req.hires_fix:
                 header = probe(data, settings.max_input_pixels)
                 size = [header.width, header.height]
-                out.append(base64.b64encode(data).decode())
+                out.append(b64.encode(data))
                 per_image.append(
                     {
                         "upscaler": None,
@@ -181,7 +171,7 @@ async def generate(
                 format="png",
             )
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
-            out.append(base64.b64encode(result.data).decode())
+            out.append(b64.encode(result.data))
             per_image.append(image_info(result))
             timings += result.timings
     record_outcome(request, Outcome.of(**per_image[0]))

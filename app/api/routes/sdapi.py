@@ -5,7 +5,6 @@ generation routes. The translation lives in app/api/a1111.py; the work is the se
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from typing import Annotated
@@ -13,10 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 from PIL import Image
 
-from app.api import a1111
+from app.api import a1111, b64
 from app.api.deps import StateDep, require_api_key
 from app.api.disconnect import cancel_on_disconnect
-from app.api.routes.generate import decode_b64
 from app.api.routes.upscale import outcome_of
 from app.errors import NotImplementedHere
 from app.imaging.decode import probe
@@ -76,7 +74,7 @@ async def run_extras(
         for data in images:
             if first_model is None or sizing is None:  # A1111's "None": the image as it came
                 probe(data, state.settings.max_input_pixels)  # still an image, within the limits
-                out.append(base64.b64encode(data).decode())
+                out.append(b64.encode(data))
                 continue
             job = Job(data, sizing, model=first_model, format="png")
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
@@ -88,7 +86,7 @@ async def run_extras(
                 second = await state.service.upscale(other, deadline=deadline, cancel=cancel)
                 timings += second.timings
                 encoded = await asyncio.to_thread(blend, encoded, second.data, mix)
-            out.append(base64.b64encode(encoded).decode())
+            out.append(b64.encode(encoded))
     if firsts:
         record_outcome(request, outcome_of(firsts[0]))
     record_timings(request, timings)
@@ -107,7 +105,7 @@ async def extra_single_image(
     body: Annotated[a1111.ExtraSingleImageRequest, Body(openapi_examples=a1111.SINGLE_EXAMPLES)],
 ) -> a1111.ExtraSingleImageResponse:
     """A1111's extras tab for one image."""
-    images, info = await run_extras(request, state, body, [decode_b64(body.image, 0)])
+    images, info = await run_extras(request, state, body, [b64.decode(body.image, 0)])
     return a1111.ExtraSingleImageResponse(html_info=info, image=images[0])
 
 
@@ -124,7 +122,7 @@ async def extra_batch_images(
 ) -> a1111.ExtrasBatchImagesResponse:
     """A1111's extras tab for a batch (`imageList`)."""
     state.service.check_batch(len(body.imageList))
-    data = [decode_b64(item.data, i) for i, item in enumerate(body.imageList)]
+    data = [b64.decode(item.data, i) for i, item in enumerate(body.imageList)]
     images, info = await run_extras(request, state, body, data)
     return a1111.ExtrasBatchImagesResponse(html_info=info, images=images)
 
