@@ -51,7 +51,7 @@ from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
 from scripts.clients import THROUGHPUT_HEAD, run_clients  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
-from scripts.rss import PeakRSS  # noqa: E402
+from scripts.rss import PeakRSS, cpu_s  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Random-weight nets of the published shapes: RealESRGAN_x4plus / x2plus, realesr-animevideov3 and
@@ -144,6 +144,16 @@ class Server:
 
     def upscale(self, data: bytes, **fields: str) -> bytes:
         return bytes(self.post(data, **fields).content)
+
+    def generate(self, data: bytes, **fields: object) -> Any:
+        """POST /generate, the hires fix's JSON route: `data` as base64, the answer's images too."""
+        import base64
+
+        body = {"image": base64.b64encode(data).decode(), **fields}
+        resp = self.http.post(f"{self.url}/generate", json=body)
+        if resp.status_code != 200:
+            raise SystemExit(f"server answered {resp.status_code}: {resp.text[:300]}")
+        return resp
 
     def breakdown(self, data: bytes, repeat: int, **fields: str) -> dict[str, float]:
         """Medians (ms) over `repeat` requests after a warm-up (see `stages_ms`)."""
@@ -331,6 +341,38 @@ def bench_lanczos(server: Server, level: int) -> None:
         "LANCZOS 1024²→2048² PNG, 4 clients (each its own process): the server's host CPU per image",
         THROUGHPUT_HEAD,
         [load.row("1024²→2048² PNG")],
+    )
+
+
+def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
+    """The hires fix's JSON route (/generate: base64 in and out) beside /upscale (multipart in, the
+    PNG out) for the same 768² -> 1536² LANCZOS request: the client's time and the server's event loop
+    CPU per request, over `runs` requests in a row from one client."""
+    data = png(test_image(size), 1)
+    pid = server.proc.pid
+    routes: list[tuple[str, Callable[[], object]]] = [
+        (
+            "/upscale (multipart, PNG answer)",
+            lambda: server.post(data, model="lanczos", scale="2", format="png"),
+        ),
+        (
+            "/generate (base64 JSON both ways)",
+            lambda: server.generate(data, hr_scale=2, hr_upscaler="lanczos"),
+        ),
+    ]
+    rows = []
+    for name, send in routes:
+        send()
+        loop0, t0 = cpu_s(pid, pid), time.perf_counter()
+        for _ in range(runs):
+            send()
+        wall, loop1 = time.perf_counter() - t0, cpu_s(pid, pid)
+        loop_ms = "-" if loop0 is None or loop1 is None else f"{(loop1 - loop0) * 1000 / runs:.1f}"
+        rows.append([name, f"{wall * 1000 / runs:.1f}", loop_ms])
+    table(
+        f"LANCZOS {size}²→{size * 2}² by route, means of {runs} in a row",
+        ["route", "client ms", "event loop ms per request"],
+        rows,
     )
 
 
@@ -588,6 +630,7 @@ def main() -> None:
             bench_model(name, desc, net, sizes, server, backend, path, roofs, reference=not args.no_reference)
         if server is not None:
             bench_lanczos(server, level=1)
+            bench_routes(server)
     finally:
         health = probe.stop() if probe else []
         if server is not None:

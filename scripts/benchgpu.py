@@ -9,6 +9,7 @@ Columns per case (model shape, input size):
               the host and quantised there (RealESRGANer.enhance without its pre/post padding)
   engine      app.engine.run_model in-process: the device-resident tile pipeline, uint8 in and out
   http png / http jpeg   one client, a real `python -m app` on 127.0.0.1 on the same device
+  /generate   the same for the hires fix's JSON route: the PNG in and out as base64
   8 clients   images/s of 8 concurrent clients, each its own process (PNG out; scripts/clients.py),
               beside the limit's images/s (1 / limit)
   GPU MB      peak memory the engine's run allocated on the device (torch's allocator)
@@ -138,6 +139,9 @@ def bench_case(
 
     t_png = median_s(http("png"), device, max(3, repeat // 2))
     t_jpeg = median_s(http("jpeg"), device, max(3, repeat // 2))
+    t_generate = median_s(
+        lambda: server.generate(png_data, hr_scale=scale, hr_upscaler=name), device, max(3, repeat // 2)
+    )
     stages = server.breakdown(png_data, max(3, repeat // 2), model=name, scale=str(scale), format="jpeg")
     fields = {"model": name, "scale": str(scale), "format": "png"}
     load = run_clients(f"{server.url}/upscale", png_data, fields, clients=CLIENTS, server_pid=server.proc.pid)
@@ -154,6 +158,7 @@ def bench_case(
             f"{t_engine:.4f} s ({t_engine / t_limit:.2f}x)",
             f"{t_png:.4f} s ({t_png / t_limit:.2f}x)",
             f"{t_jpeg:.4f} s ({t_jpeg / t_limit:.2f}x)",
+            f"{t_generate:.4f} s ({t_generate / t_limit:.2f}x)",
             f"{ips:.1f} / {limit_ips:.1f} ({ips / limit_ips:.0%})",
             f"{peak_mb:.0f}",
         ],
@@ -178,6 +183,7 @@ HEAD = [
     "engine in-process",
     "HTTP, PNG out",
     "HTTP, JPEG out",
+    "HTTP /generate (base64 PNG both ways)",
     f"{CLIENTS} clients: images/s vs the limit's",
     "engine peak GPU MB",
 ]
