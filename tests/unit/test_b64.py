@@ -23,7 +23,7 @@ def test_encode_and_decode_agree_with_the_standard_library(data: bytes) -> None:
 @pytest.mark.parametrize(
     "text",
     ["abc", "YWJj\nZA==", "YWJjZA=", "YW!jZA==", "ÿWJjZA==", "YWJjZA==YWJj", "%%%not-base64%%%"],
-    ids=["short", "newline", "bad padding", "outside the alphabet", "not ascii", "data after padding", "junk"],
+    ids=["short", "newline", "bad padding", "off the alphabet", "not ascii", "data after padding", "junk"],
 )
 def test_what_the_standard_library_refuses_is_refused(text: str) -> None:
     with pytest.raises(ValueError):  # binascii.Error is a ValueError
