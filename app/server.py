@@ -35,6 +35,13 @@ except ImportError:  # httptools is not installed: h11 it is
     HttpToolsProtocol = None  # type: ignore[assignment, misc]
 
 
+def between_requests(protocol: object) -> bool:
+    """True while a uvicorn protocol has no request in progress: none yet, or the last one answered
+    (its `cycle`, set once a request's headers are complete, is done)."""
+    cycle: Any = getattr(protocol, "cycle", None)
+    return cycle is None or bool(cycle.response_complete)
+
+
 class HeaderDeadline(asyncio.Protocol):
     """Mixed in before uvicorn's protocol class: arms a timer while no request is in, disarms it once
     a request's headers are complete (the protocol's `cycle` is a response in progress)."""
@@ -49,11 +56,10 @@ class HeaderDeadline(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        cycle: Any = getattr(self, "cycle", None)
-        if cycle is not None and not cycle.response_complete:
-            self._disarm()  # headers are in: the request is the app's now
-        else:
+        if between_requests(self):
             self._arm()  # between requests, or inside an incomplete request head
+        else:
+            self._disarm()  # headers are in: the request is the app's now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -70,8 +76,7 @@ class HeaderDeadline(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._header_timer = None
-        cycle: Any = getattr(self, "cycle", None)
-        if cycle is None or cycle.response_complete:
+        if between_requests(self):
             self.transport.close()
 
 
@@ -103,8 +108,7 @@ class HeadLimit(asyncio.Protocol):
         # Whole chunks: the one a head began in may also hold the end of a pipelined request before it.
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
-            cycle: Any = getattr(self, "cycle", None)
-            if cycle is None or cycle.response_complete:
+            if between_requests(self):
                 body = json.dumps(
                     error_body("headers_too_large", f"the request head is over {self.max_head_bytes} bytes")
                 ).encode()

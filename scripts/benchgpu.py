@@ -168,15 +168,6 @@ def bench_case(
 
 HEAD = [
     "case",
-    "images/s",
-    "server CPU ms per image",
-    "cores busy",
-    "event loop ms per image",
-    "event loop busy",
-]
-
-HEAD = [
-    "case",
     "limit: fp16 channels_last forward, input on the device",
     "compiled: limit / engine",
     "Real-ESRGAN's way",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ClientFactory
+from tests.support.http import scrape, value
 from tests.support.images import gradient_image, png_bytes
 from tests.support.stubs import add_stub
 
@@ -16,22 +16,6 @@ PNG = png_bytes(gradient_image(40, 30))
 
 def post(client: TestClient, **fields: str):  # type: ignore[no-untyped-def]
     return client.post("/upscale", files={"image": ("in.png", PNG, "image/png")}, data=fields)
-
-
-def scrape(client: TestClient) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels): value} of every sample /metrics exposes."""
-    resp = client.get("/metrics")
-    assert resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(resp.text)
-        for s in family.samples
-    }
-
-
-def value(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_metrics_count_requests_by_route_template_and_status(client: TestClient) -> None:

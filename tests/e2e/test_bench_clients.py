@@ -11,6 +11,7 @@ import pytest
 
 from scripts.clients import THROUGHPUT_HEAD, run_clients
 from scripts.localserver import LocalServer, local_server
+from tests.support.http import scrape, value
 from tests.support.images import gradient_image, png_bytes
 
 PNG = png_bytes(gradient_image(64, 48))
@@ -23,14 +24,11 @@ def server(weights_dir: Path, tmp_path: Path) -> Iterator[LocalServer]:
 
 
 def served(server: LocalServer) -> float:
+    """/upscale requests answered 200 so far."""
     import httpx2 as httpx
 
-    text = httpx.get(f"{server.url}/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith('upscaler_requests_total{method="POST",route="/upscale",status="200"}')
-    )
+    with httpx.Client(base_url=server.url) as client:
+        return value(scrape(client), "upscaler_requests_total", method="POST", route="/upscale", status="200")
 
 
 @pytest.mark.slow

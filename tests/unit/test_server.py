@@ -7,6 +7,7 @@ head over 16 KiB is refused and closed, pipelined behind a request in progress t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,7 +34,8 @@ async def slow_app(
 
 
 @asynccontextmanager
-async def serving(base: str) -> AsyncIterator[tuple[str, int]]:
+async def connected(base: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """One connection to a server on loopback with `base`'s protocol; both closed on exit."""
     config = uvicorn.Config(slow_app, log_level="warning", timeout_keep_alive=60)
     config.load()
     protocol = header_timeout_protocol(DEADLINE_S, prefer_httptools=base == "httptools")
@@ -44,9 +46,14 @@ async def serving(base: str) -> AsyncIterator[tuple[str, int]]:
         "127.0.0.1",
         0,
     )
+    host, port = server.sockets[0].getsockname()[:2]
+    reader, writer = await asyncio.open_connection(host, port)
     try:
-        yield server.sockets[0].getsockname()[:2]
+        yield reader, writer
     finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
         server.close()
         for proto in list(state.connections):
             proto.transport.close()
@@ -74,13 +81,10 @@ def test_protocol_class(base: str) -> None:
 @pytest.mark.parametrize("base", BASES)
 def test_stalled_headers_are_closed(base: str) -> None:
     async def scenario() -> None:
-        async with serving(base) as (host, port):
-            reader, writer = await asyncio.open_connection(host, port)
+        async with connected(base) as (reader, writer):
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the head never ends
             await writer.drain()
             assert await closed_within(reader, 10 * DEADLINE_S)
-            writer.close()
-            await writer.wait_closed()
 
     asyncio.run(scenario())
 
@@ -88,8 +92,7 @@ def test_stalled_headers_are_closed(base: str) -> None:
 @pytest.mark.parametrize("base", BASES)
 def test_a_slow_answer_is_not_cut_and_the_next_head_has_the_deadline(base: str) -> None:
     async def scenario() -> None:
-        async with serving(base) as (host, port):
-            reader, writer = await asyncio.open_connection(host, port)
+        async with connected(base) as (reader, writer):
             writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10 * DEADLINE_S)
@@ -98,8 +101,6 @@ def test_a_slow_answer_is_not_cut_and_the_next_head_has_the_deadline(base: str) 
             writer.write(b"GET / HTTP/1.1\r\n")  # kept alive for 60 s, but this head never ends
             await writer.drain()
             assert await closed_within(reader, 10 * DEADLINE_S)
-            writer.close()
-            await writer.wait_closed()
 
     asyncio.run(scenario())
 
@@ -114,14 +115,11 @@ async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize("base", BASES)
 def test_a_head_within_16_kib_is_served(base: str) -> None:
     async def scenario() -> None:
-        async with serving(base) as (host, port):
-            reader, writer = await asyncio.open_connection(host, port)
+        async with connected(base) as (reader, writer):
             cookie = b"Cookie: " + b"c" * 12_000 + b"\r\n"  # a large, legal head
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + cookie + b"Connection: close\r\n\r\n")
             await writer.drain()
             assert await answer(reader) == (b"HTTP/1.1 200 OK", b"ok")
-            writer.close()
-            await writer.wait_closed()
 
     asyncio.run(scenario())
 
@@ -129,8 +127,7 @@ def test_a_head_within_16_kib_is_served(base: str) -> None:
 @pytest.mark.parametrize("base", BASES)
 def test_a_head_over_16_kib_is_refused(base: str) -> None:
     async def scenario() -> None:
-        async with serving(base) as (host, port):
-            reader, writer = await asyncio.open_connection(host, port)
+        async with connected(base) as (reader, writer):
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20_000)  # and no more
             await writer.drain()
             status, body = await answer(reader)
@@ -139,7 +136,6 @@ def test_a_head_over_16_kib_is_refused(base: str) -> None:
                 assert json.loads(body)["error"]["type"] == "headers_too_large"
             else:  # h11's own
                 assert status == b"HTTP/1.1 400 Bad Request"
-            writer.close()
 
     asyncio.run(scenario())
 
@@ -164,12 +160,10 @@ async def sent_before_cut(writer: asyncio.StreamWriter, chunk: bytes, most: int)
 )
 def test_an_endless_head_is_cut_early(base: str, line: bytes) -> None:
     async def scenario() -> None:
-        async with serving(base) as (host, port):
-            _, writer = await asyncio.open_connection(host, port)
+        async with connected(base) as (_, writer):
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-B: ")
             # The server closes with this client's bytes unread: the client sees a reset, not the answer.
             assert await sent_before_cut(writer, line * 16, 64 << 20) < 8 << 20
-            writer.close()
 
     asyncio.run(scenario())
 
@@ -179,11 +173,9 @@ def test_a_huge_pipelined_head_behind_a_request_in_progress_is_closed() -> None:
         pytest.skip("httptools is not installed")
 
     async def scenario() -> None:
-        async with serving("httptools") as (host, port):
-            _, writer = await asyncio.open_connection(host, port)
+        async with connected("httptools") as (_, writer):
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # answered after 3 deadlines
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the next head, never ending
             assert await sent_before_cut(writer, (b"X-A: " + b"a" * 1000 + b"\r\n") * 16, 64 << 20) < 8 << 20
-            writer.close()
 
     asyncio.run(scenario())
