@@ -14,7 +14,8 @@ from scripts.localserver import LocalServer, local_server
 from tests.support.http import scrape, value
 from tests.support.images import gradient_image, png_bytes
 
-PNG = png_bytes(gradient_image(64, 48))
+# Large enough that the server's CPU over the run is many of /proc's 10 ms clock ticks.
+PNG = png_bytes(gradient_image(512, 384))
 
 
 @pytest.fixture
