@@ -24,6 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.allocator import reuse_image_buffers
 from app.api.routes import docs, generate, health, sdapi, upscale
 from app.api.routes import metrics as metrics_route
 from app.api.uploads import UploadLimit
@@ -117,6 +118,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reuse_image_buffers()
         # A fresh state per run of the lifespan: a drained one has stopped its device threads.
         state = build_state(settings, metrics, backends)
         app.state.upscaler = state

@@ -51,7 +51,7 @@ from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
 from scripts.clients import THROUGHPUT_HEAD, run_clients  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
-from scripts.rss import PeakRSS, cpu_s  # noqa: E402
+from scripts.rss import PeakRSS, cpu_s, proc_stat  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Random-weight nets of the published shapes: RealESRGAN_x4plus / x2plus, realesr-animevideov3 and
@@ -126,10 +126,10 @@ class WindowsOnly:
 class Server:
     """`python -m app` on 127.0.0.1 with the given weights folder (scripts/localserver.py)."""
 
-    def __init__(self, weights: Path, env: dict[str, str]) -> None:
+    def __init__(self, weights: Path, env: dict[str, str], name: str = "server") -> None:
         import httpx2 as httpx
 
-        self._ctx = local_server(weights, weights / "server.log", env=env, startup_s=300)
+        self._ctx = local_server(weights, weights / f"{name}.log", env=env, startup_s=300)
         srv = self._ctx.__enter__()
         self.url, self.proc = srv.url, srv.proc
         self.http = httpx.Client(timeout=600)
@@ -372,6 +372,56 @@ def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
     table(
         f"LANCZOS {size}²→{size * 2}² by route, means of {runs} in a row",
         ["route", "client ms", "event loop ms per request"],
+        rows,
+    )
+
+
+# A malloc tunable at its default value: app/allocator.py then leaves glibc's thresholds alone.
+GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
+
+
+def lanczos_request(server: Server, route: str, data: bytes) -> object:
+    """One LANCZOS x2 request with a PNG answer: /upscale (multipart) or /generate (base64 JSON)."""
+    if route == "/generate":
+        return server.generate(data, hr_scale=2, hr_upscaler="lanczos")
+    return server.post(data, model="lanczos", scale="2", format="png")
+
+
+def bench_allocator(server: Server, work: Path, rounds: int = 3, runs: int = 8) -> None:
+    """The LANCZOS requests through the service beside the same service with glibc's default malloc
+    thresholds (app/allocator.py): the client's time, and the server's page faults and CPU per request.
+    The two servers take turns, `rounds` times `runs` requests each, as this machine's speed wanders."""
+    other = Server(work, GLIBC_DEFAULTS, name="server-glibc-defaults")
+    servers = {"glibc's defaults": other, "the service's": server}
+    rows = []
+    try:
+        for size, route in [(768, "/upscale"), (1024, "/upscale"), (768, "/generate")]:
+            data = png(test_image(size), 1)
+            sums = {name: np.zeros(4) for name in servers}  # wall s, faults, system s, user s
+            for _ in range(rounds):
+                for name, srv in servers.items():
+                    lanczos_request(srv, route, data)
+                    before, t0 = proc_stat(srv.proc.pid), time.perf_counter()
+                    for _ in range(runs):
+                        lanczos_request(srv, route, data)
+                    wall, after = time.perf_counter() - t0, proc_stat(srv.proc.pid)
+                    if before is None or after is None:
+                        return  # no /proc here
+                    sums[name] += [
+                        wall,
+                        after.minor_faults - before.minor_faults,
+                        after.system_s - before.system_s,
+                        after.user_s - before.user_s,
+                    ]
+            for name, total in sums.items():
+                wall_ms, faults, system_ms, user_ms = total / (rounds * runs) * [1000, 1, 1000, 1000]
+                figures = [f"{wall_ms:.1f}", f"{faults:.0f}", f"{system_ms:.1f}", f"{user_ms:.1f}"]
+                rows.append([f"{size}²→{size * 2}² PNG {route}", name, *figures])
+    finally:
+        other.close()
+    table(
+        f"LANCZOS over HTTP by malloc thresholds, means of {rounds} x {runs} requests, the servers in turn",
+        ["request", "malloc thresholds", "client ms", "page faults", "server system ms", "server user ms"],
         rows,
     )
 
@@ -631,6 +681,7 @@ def main() -> None:
         if server is not None:
             bench_lanczos(server, level=1)
             bench_routes(server)
+            bench_allocator(server, work)
     finally:
         health = probe.stop() if probe else []
         if server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -40,13 +41,33 @@ class PeakRSS:
         self._thread.join()
 
 
-def cpu_s(pid: int, thread: int | None = None) -> float | None:
-    """User + system CPU seconds of process `pid`, or of its thread `thread` (its main thread is `pid`
-    itself); None where /proc has no such file (the process gone, or not Linux)."""
+@dataclass(frozen=True)
+class ProcStat:
+    """What /proc/<pid>/stat counts for a process (or one of its threads) since it started."""
+
+    minor_faults: int  # pages the kernel mapped in on first touch (zeroed or from the page cache)
+    user_s: float
+    system_s: float
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def proc_stat(pid: int, thread: int | None = None) -> ProcStat | None:
+    """/proc's counters of process `pid`, or of its thread `thread` (its main thread is `pid` itself);
+    None where /proc has no such file (the process gone, or not Linux)."""
     path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
     try:
         with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcStat(int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick)  # minflt, utime, stime
+
+
+def cpu_s(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU seconds of `proc_stat(pid, thread)`, None where it is None."""
+    stat = proc_stat(pid, thread)
+    return None if stat is None else stat.cpu_s
