@@ -135,11 +135,23 @@ def test_generate_bad_requests(client: TestClient, body: dict, status: int, type
     assert resp.json()["error"]["type"] == type_
 
 
-def test_generate_rejects_non_json(client: TestClient) -> None:
-    resp = client.post("/generate", content=b"{broken", headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{broken", "body is not valid JSON: key must be a string at line 1 column 2"),
+        (b"", "body is not valid JSON: EOF while parsing a value"),
+        (b"\xff\xfe", "body is not valid JSON: expected value"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (b'{"image": 3}', "image: Input should be a valid string"),
+    ],
+)
+def test_generate_rejects_what_is_not_its_json(client: TestClient, body: bytes, message: str) -> None:
+    resp = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
     assert resp.status_code == 422 and resp.json()["error"]["type"] == "validation_error"
-    resp = client.post("/generate", content=b"[1, 2]", headers={"Content-Type": "application/json"})
-    assert resp.status_code == 422
+    assert resp.json()["error"]["message"].startswith(message)
+
+
+def test_generate_rejects_other_media_types(client: TestClient) -> None:
     resp = client.post("/generate", content=b"x", headers={"Content-Type": "text/plain"})
     assert resp.status_code == 415
 

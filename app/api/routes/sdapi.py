@@ -9,7 +9,7 @@ import io
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 from PIL import Image
 
 from app.api import a1111, b64
@@ -58,15 +58,15 @@ def blend(first: bytes, second: bytes, visibility: float) -> bytes:
 
 async def run_extras(
     request: Request, state: AppState, opts: a1111.ExtrasOptions, images: list[bytes]
-) -> tuple[list[str], str]:
-    """Upscale each image as the extras tab would: base64 PNGs and the html_info of the first."""
+) -> tuple[list[bytes], str]:
+    """Upscale each image as the extras tab would: PNGs and the html_info of the first."""
     state.require_ready()
     state.service.check_batch(len(images))
     sizing = a1111.sizing_of(opts)
     first_model, second_model = a1111.service_model(opts.upscaler_1), a1111.service_model(opts.upscaler_2)
     mix = opts.extras_upscaler_2_visibility if second_model is not None else 0.0
     deadline = time.monotonic() + state.settings.request_timeout_s
-    out: list[str] = []
+    out: list[bytes] = []
     firsts: list[Result] = []
     second: Result | None = None
     timings: list[tuple[str, float]] = []
@@ -74,7 +74,7 @@ async def run_extras(
         for data in images:
             if first_model is None or sizing is None:  # A1111's "None": the image as it came
                 probe(data, state.settings.max_input_pixels)  # still an image, within the limits
-                out.append(b64.encode(data))
+                out.append(data)
                 continue
             job = Job(data, sizing, model=first_model, format="png")
             result = await state.service.upscale(job, deadline=deadline, cancel=cancel)
@@ -86,7 +86,7 @@ async def run_extras(
                 second = await state.service.upscale(other, deadline=deadline, cancel=cancel)
                 timings += second.timings
                 encoded = await asyncio.to_thread(blend, encoded, second.data, mix)
-            out.append(b64.encode(encoded))
+            out.append(encoded)
     if firsts:
         record_outcome(request, outcome_of(firsts[0]))
     record_timings(request, timings)
@@ -103,10 +103,12 @@ async def extra_single_image(
     request: Request,
     state: StateDep,
     body: Annotated[a1111.ExtraSingleImageRequest, Body(openapi_examples=a1111.SINGLE_EXAMPLES)],
-) -> a1111.ExtraSingleImageResponse:
+) -> Response:
     """A1111's extras tab for one image."""
     images, info = await run_extras(request, state, body, [b64.decode(body.image, 0)])
-    return a1111.ExtraSingleImageResponse(html_info=info, image=images[0])
+    return b64.json_response(
+        a1111.ExtraSingleImageResponse(html_info=info, image=""), "image", images, single=True
+    )
 
 
 @router.post(
@@ -119,12 +121,12 @@ async def extra_batch_images(
     request: Request,
     state: StateDep,
     body: Annotated[a1111.ExtrasBatchImagesRequest, Body(openapi_examples=a1111.BATCH_EXAMPLES)],
-) -> a1111.ExtrasBatchImagesResponse:
+) -> Response:
     """A1111's extras tab for a batch (`imageList`)."""
     state.service.check_batch(len(body.imageList))
     data = [b64.decode(item.data, i) for i, item in enumerate(body.imageList)]
     images, info = await run_extras(request, state, body, data)
-    return a1111.ExtrasBatchImagesResponse(html_info=info, images=images)
+    return b64.json_response(a1111.ExtrasBatchImagesResponse(html_info=info, images=[]), "images", images)
 
 
 NOT_IMPLEMENTED_RESPONSES = {
