@@ -1,22 +1,31 @@
-"""glibc malloc's two thresholds, set once at start-up so that image buffers reuse memory.
+"""glibc malloc, set once at start-up so that the buffers of one request are reused by the next.
 
-Every request allocates buffers of a few to a few tens of MB (the upload, the decoded pixels, the
-resized image, the filtered PNG rows and the deflate output, the model's tensors on CPU), frees them,
-and the next request allocates them again. glibc serves a block above its mmap threshold with a fresh
-mapping and unmaps it at free(), and gives back to the kernel any free memory above its trim threshold
-at the top of a heap. Either way the next request's buffers are new pages, which the kernel faults in
-and zeroes one by one. glibc raises both thresholds by itself, up to 32 MiB and 64 MiB, but only as
-mapped blocks are freed, and how far it gets depends on what the process happened to serve first. A
-768² -> 1536² LANCZOS request, repeated, took 6,500 page faults, 19 ms of system time and 76 ms at the
-client, against 43 faults, 1.7 ms and 54 ms with the thresholds below, on this project's 2-core machine
-(`scripts/bench.py --models none` prints both, the two servers taking turns).
+Every request allocates buffers of a few MB to a few hundred MB (the upload, the decoded pixels, the
+resized image, the filtered PNG rows and the deflate output; on CPU the model's activations, 128 MiB
+for one 32-feature convolution at 1024²), frees them, and the next request allocates them again.
+glibc serves a block above its mmap threshold with a fresh mapping and unmaps it at free(), and gives
+back to the kernel the free memory at the top of a heap once it is more than its trim threshold.
+Either way the next request's buffers are new pages, which the kernel faults in and zeroes one by
+one. glibc raises both thresholds by itself, but only up to 32 MiB and 64 MiB, only as mapped blocks
+are freed, and how far it gets depends on what the process happened to serve first.
 
-This sets the thresholds at the values glibc's own adjustment would end at, from the start: blocks up
-to 32 MiB come from the heaps and are reused, and each heap keeps up to 64 MiB free rather than giving
-it back. Larger blocks (a 2048² float32 image is 48 MiB) are still mapped per request. An operator's own
-MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables are left as they are. Nothing
-is done on other C libraries (musl, macOS, Windows), whose allocators work differently. There is no
-maintained package for this: it is two mallopt(3) calls through ctypes.
+So this stops mapping blocks of their own (M_MMAP_MAX 0: every block comes from a heap), keeps one
+heap for all threads (M_ARENA_MAX 1: a thread's heap of its own cannot grow past 64 MiB, and glibc maps
+the larger blocks anyway), and lets the heap keep up to 1 GiB free (M_TRIM_THRESHOLD) rather than
+giving it back. Small blocks still come from each thread's own cache (tcache), and threads take turns
+only for the large ones: with 4 clients at once, LANCZOS served as many images a second as under
+glibc's defaults, and the shipped models on CPU 6% and 20% more. Memory
+still returns to the kernel past 1 GiB, and what is kept is never more than what the requests in
+flight used at once, which the memory budget (app/memory.py) bounds: the process's peak is unchanged;
+its size after the peak stays while it serves. Once no request has held memory for a few seconds,
+`give_back` returns the free memory of the heap to the kernel (malloc_trim(3)), so an idle service is
+small again. The page faults, system CPU and time per request against glibc's defaults are in the
+README ("Memory between requests"), from `scripts/bench.py`.
+
+An operator's own MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_MMAP_THRESHOLD_ /
+MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ or glibc.malloc tunables are left as they are. Nothing is done
+on other C libraries (musl, macOS, Windows), whose allocators work differently. No maintained package
+does this: it is mallopt(3) and malloc_trim(3) through ctypes.
 """
 
 from __future__ import annotations
@@ -30,10 +39,16 @@ from collections.abc import Mapping
 log = logging.getLogger("app.allocator")
 
 M_TRIM_THRESHOLD = -1  # mallopt(3)'s parameter numbers, from <malloc.h>
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, the most mallopt accepts
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # where glibc's adjustment puts it beside that mmap threshold
-OPERATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+KEEP_FREE = 1 << 30  # the free memory a heap keeps (mallopt takes an int: at most 2 GiB - 1)
+OPERATOR_VARIABLES = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
 
 
 def why_not(environ: Mapping[str, str]) -> str | None:
@@ -48,21 +63,23 @@ def why_not(environ: Mapping[str, str]) -> str | None:
 
 
 def reuse_image_buffers(environ: Mapping[str, str] = os.environ) -> bool:
-    """Set the thresholds (see the module's docstring); returns whether they were set."""
+    """Set malloc up as the module's docstring says; returns whether it was set."""
     reason = why_not(environ)
     if reason is None:
         libc = ctypes.CDLL(None, use_errno=True)
-        # mallopt returns 1 on success; the mmap threshold first, as it also stops glibc's adjustment.
-        if (
-            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        ):
-            log.debug(
-                "malloc: mmap threshold %d MiB, trim threshold %d MiB",
-                MMAP_THRESHOLD >> 20,
-                TRIM_THRESHOLD >> 20,
-            )
+        # mallopt returns 1 on success. Either setting also ends glibc's own threshold adjustment.
+        settings = [(M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREE)]
+        if all(libc.mallopt(param, value) == 1 for param, value in settings):
+            log.debug("malloc: no mapped blocks; a heap keeps up to %d MiB free", KEEP_FREE >> 20)
             return True
         reason = "mallopt refused"
-    log.debug("malloc thresholds left as they are: %s", reason)
+    log.debug("malloc left as it is: %s", reason)
     return False
+
+
+def give_back() -> bool:
+    """Return the free memory of every heap to the kernel (malloc_trim(3)), for an idle service; glibc
+    only. Returns whether any was returned."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).malloc_trim(0))

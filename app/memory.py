@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ DEFAULT_ACTIVATIONS_PER_PIXEL = 3 * 64 * 16
 # What a forward really takes beyond the descriptor's activation count: the allocator's rounding, the
 # convolution workspaces and the temporaries of concatenations (measured: up to 1.3x on CPU).
 ACTIVATION_OVERHEAD = 1.5
+IDLE_S = 5.0  # nothing reserved for this long: the budget calls its on_idle
 AUTO_FRACTION = 0.5  # of the machine's (or container's) memory, when UPSCALER_MEMORY_BUDGET_MB is 0
 UNKNOWN_TOTAL = 8 * 1024 * MIB  # assumed when the total cannot be read (no /proc, no sysconf)
 
@@ -140,12 +141,23 @@ class MemoryBudget:
     (413); one that does not fit now waits, with at most `max_waiting` others, until memory is given
     back or its deadline passes (503 overloaded with Retry-After either way)."""
 
-    def __init__(self, total: int, max_waiting: int) -> None:
+    def __init__(
+        self,
+        total: int,
+        max_waiting: int,
+        on_idle: Callable[[], object] | None = None,
+        idle_s: float = IDLE_S,
+    ) -> None:
+        """`on_idle` runs on a worker thread once nothing has been reserved for `idle_s` seconds
+        (app.allocator.give_back: the memory the requests freed goes back to the kernel)."""
         self.total = total
         self.max_waiting = max_waiting
         self.reserved = 0
         self.waiting = 0
         self._changed = asyncio.Condition()
+        self._on_idle, self._idle_s = on_idle, idle_s
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_work: asyncio.Future[object] | None = None  # held, so the task is not collected
 
     @contextlib.asynccontextmanager
     async def reserve(self, need: int, deadline: float, what: str) -> AsyncIterator[Reservation]:
@@ -173,6 +185,9 @@ class MemoryBudget:
                 finally:
                     self.waiting -= 1
             self.reserved += need
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
         reservation = Reservation()
         try:
             yield reservation
@@ -188,6 +203,13 @@ class MemoryBudget:
         async with self._changed:
             self.reserved -= need
             self._changed.notify_all()
+            if self.reserved == 0 and self._on_idle is not None:
+                self._idle_timer = asyncio.get_running_loop().call_later(self._idle_s, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self.reserved == 0 and self._on_idle is not None:
+            self._idle_work = asyncio.ensure_future(asyncio.to_thread(self._on_idle))
 
 
 class Reservation:

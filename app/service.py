@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from app.allocator import give_back
 from app.backends.base import DISABLED_BY_REQUEST, MODEL_ERROR, OUT_OF_MEMORY, ModelEntry
 from app.backends.registry import Registry
 from app.config import Settings
@@ -150,7 +151,9 @@ class UpscaleService:
         self.settings = settings
         self.registry = registry
         self.queues = queues
-        self.budget = MemoryBudget(budget_bytes(settings.memory_budget_mb), settings.queue_size)
+        self.budget = MemoryBudget(
+            budget_bytes(settings.memory_budget_mb), settings.queue_size, on_idle=give_back
+        )
         self.on_inference = on_inference
         self.fallbacks: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()

@@ -16,9 +16,11 @@ matmul speed in the row's precision (fp32 for the plain forward, the engine's fo
 most a convolution net can reach on this CPU, since oneDNN's convolutions are matmul-shaped work. Peak
 RSS is sampled during each row (the server's process for http), and where each http row's time went
 (the service's Server-Timing stages). Then the LANCZOS path over HTTP against in-process Pillow, /health
-latency while the benchmark ran, the LANCZOS of a model's output to a size off its scale (host Pillow
-against the device resize), an upload's LANCZOS in bands on every core against Pillow's on one, upload
-decode times against Pillow's (alone and beside a busy thread), and output encode times per format.
+latency while the benchmark ran, the same requests (and the shipped models') against a server left
+with glibc's default malloc settings (page faults and CPU per request: app/allocator.py), the LANCZOS
+of a model's output to a size off its scale (host Pillow against the device resize), an upload's
+LANCZOS in bands on every core against Pillow's on one, upload decode times against Pillow's (alone
+and beside a busy thread), and output encode times per format.
 Nothing here is asserted: it prints what it measured.
 """
 
@@ -49,7 +51,7 @@ from app.engine import run_model  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
-from scripts.clients import THROUGHPUT_HEAD, run_clients  # noqa: E402
+from scripts.clients import THROUGHPUT_HEAD, Throughput, run_clients  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 from scripts.rss import PeakRSS, cpu_s, proc_stat  # noqa: E402
 
@@ -376,54 +378,85 @@ def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
     )
 
 
-# A malloc tunable at its default value: app/allocator.py then leaves glibc's thresholds alone.
+# A malloc tunable at its default value: app/allocator.py then leaves glibc's malloc as it is.
 GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
 
 
-def lanczos_request(server: Server, route: str, data: bytes) -> object:
-    """One LANCZOS x2 request with a PNG answer: /upscale (multipart) or /generate (base64 JSON)."""
-    if route == "/generate":
-        return server.generate(data, hr_scale=2, hr_upscaler="lanczos")
-    return server.post(data, model="lanczos", scale="2", format="png")
-
-
-def bench_allocator(server: Server, work: Path, rounds: int = 3, runs: int = 8) -> None:
-    """The LANCZOS requests through the service beside the same service with glibc's default malloc
-    thresholds (app/allocator.py): the client's time, and the server's page faults and CPU per request.
-    The two servers take turns, `rounds` times `runs` requests each, as this machine's speed wanders."""
+def bench_allocator(server: Server, work: Path, models: list[str]) -> None:
+    """Requests through the service beside the same service with glibc's default malloc settings
+    (app/allocator.py): LANCZOS, then each of `models` at 256² (the shipped ones: the others take
+    seconds a request on CPU). First in a row from one client, with the server's page faults and CPU
+    per request; then from 4 clients at once. The two servers take turns, as this machine's speed
+    wanders."""
     other = Server(work, GLIBC_DEFAULTS, name="server-glibc-defaults")
     servers = {"glibc's defaults": other, "the service's": server}
-    rows = []
+    small, hires, large = (png(test_image(size), 1) for size in (256, 768, 1024))
+    lanczos = {"model": "lanczos", "scale": "2", "format": "png"}
+    cases = [
+        ("LANCZOS 768²→1536² PNG /upscale", hires, lanczos),
+        ("LANCZOS 1024²→2048² PNG /upscale", large, lanczos),
+        ("LANCZOS 768²→1536² PNG /generate", hires, None),
+    ] + [(f"{name} 256² PNG /upscale", small, {"model": name, "format": "png"}) for name in models]
     try:
-        for size, route in [(768, "/upscale"), (1024, "/upscale"), (768, "/generate")]:
-            data = png(test_image(size), 1)
-            sums = {name: np.zeros(4) for name in servers}  # wall s, faults, system s, user s
-            for _ in range(rounds):
-                for name, srv in servers.items():
-                    lanczos_request(srv, route, data)
-                    before, t0 = proc_stat(srv.proc.pid), time.perf_counter()
-                    for _ in range(runs):
-                        lanczos_request(srv, route, data)
-                    wall, after = time.perf_counter() - t0, proc_stat(srv.proc.pid)
-                    if before is None or after is None:
-                        return  # no /proc here
-                    sums[name] += [
-                        wall,
-                        after.minor_faults - before.minor_faults,
-                        after.system_s - before.system_s,
-                        after.user_s - before.user_s,
-                    ]
-            for name, total in sums.items():
-                wall_ms, faults, system_ms, user_ms = total / (rounds * runs) * [1000, 1, 1000, 1000]
-                figures = [f"{wall_ms:.1f}", f"{faults:.0f}", f"{system_ms:.1f}", f"{user_ms:.1f}"]
-                rows.append([f"{size}²→{size * 2}² PNG {route}", name, *figures])
+        in_a_row(servers, cases, rounds=3, runs=6)
+        at_once(servers, [case for case in cases if case[2] is not None], rounds=2)
     finally:
         other.close()
+
+
+def in_a_row(
+    servers: dict[str, Server], cases: list[tuple[str, bytes, dict | None]], rounds: int, runs: int
+) -> None:
+    """`rounds` x `runs` requests of each case from one client (`fields` None: /generate, LANCZOS x2)."""
+    rows = []
+    for label, data, fields in cases:
+        sums = {name: np.zeros(4) for name in servers}  # wall s, faults, system s, user s
+        for _ in range(rounds):
+            for name, srv in servers.items():
+
+                def send(srv: Server = srv, data: bytes = data, fields: dict | None = fields) -> object:
+                    if fields is None:
+                        return srv.generate(data, hr_scale=2, hr_upscaler="lanczos")
+                    return srv.post(data, **fields)
+
+                send()
+                before, t0 = proc_stat(srv.proc.pid), time.perf_counter()
+                for _ in range(runs):
+                    send()
+                wall, after = time.perf_counter() - t0, proc_stat(srv.proc.pid)
+                if before is None or after is None:
+                    return  # no /proc here
+                sums[name] += [
+                    wall,
+                    after.minor_faults - before.minor_faults,
+                    after.system_s - before.system_s,
+                    after.user_s - before.user_s,
+                ]
+        for name, total in sums.items():
+            wall_ms, faults, system_ms, user_ms = total / (rounds * runs) * [1000, 1, 1000, 1000]
+            figures = [f"{wall_ms:.1f}", f"{faults:.0f}", f"{system_ms:.1f}", f"{user_ms:.1f}"]
+            rows.append([label, name, *figures])
     table(
-        f"LANCZOS over HTTP by malloc thresholds, means of {rounds} x {runs} requests, the servers in turn",
-        ["request", "malloc thresholds", "client ms", "page faults", "server system ms", "server user ms"],
+        f"Memory between requests: means of {rounds} x {runs} requests in a row, the two servers in turn",
+        ["request", "malloc", "client ms", "page faults", "server system ms", "server user ms"],
         rows,
     )
+
+
+def at_once(servers: dict[str, Server], cases: list[tuple[str, bytes, dict | None]], rounds: int) -> None:
+    """Each /upscale case from 4 clients at once (each its own process), `rounds` turns per server."""
+    rows = []
+    for label, data, fields in cases:
+        seen: dict[str, list[Throughput]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, srv in servers.items():
+                url, pid = f"{srv.url}/upscale", srv.proc.pid
+                seen[name].append(
+                    run_clients(url, data, fields or {}, clients=4, per_client=4, server_pid=pid)
+                )
+        for name, runs in seen.items():
+            rows.append(max(runs, key=lambda t: t.images_per_s).row(f"{label}, malloc: {name}"))
+    table(f"Memory between requests: 4 clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)
 
 
 def bench_encode(size: int) -> None:
@@ -655,8 +688,8 @@ def main() -> None:
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
             models.append((path.stem, desc, net, path))
     extra = list(args.checkpoints)
-    if "shipped" in kinds:
-        extra = sorted((ROOT / "weights").glob("*.safetensors")) + extra
+    shipped = sorted((ROOT / "weights").glob("*.safetensors")) if "shipped" in kinds else []
+    extra = shipped + extra
     for path in extra:
         desc, net, _ = load_file(path)
         dst = work / f"{path.stem}.safetensors"
@@ -681,7 +714,7 @@ def main() -> None:
         if server is not None:
             bench_lanczos(server, level=1)
             bench_routes(server)
-            bench_allocator(server, work)
+            bench_allocator(server, work, [path.stem for path in shipped])
     finally:
         health = probe.stop() if probe else []
         if server is not None:

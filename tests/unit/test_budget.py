@@ -79,3 +79,22 @@ def test_budget_keeps_the_memory_of_abandoned_work_until_it_ends() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [80, 0]
+
+
+def test_budget_calls_on_idle_once_nothing_is_reserved_for_a_while() -> None:
+    async def scenario() -> list[str]:
+        calls: list[str] = []
+        budget = MemoryBudget(total=100, max_waiting=1, on_idle=lambda: calls.append("idle"), idle_s=0.2)
+        async with budget.reserve(10, time.monotonic() + 5, "a"):
+            await asyncio.sleep(0.3)
+        async with budget.reserve(10, time.monotonic() + 5, "b"):  # a's idle timer is off...
+            await asyncio.sleep(0.4)  # ...so nothing runs while b holds memory, past a's idle_s
+            assert calls == []
+        for _ in range(100):  # then once, idle_s after b gave its memory back
+            await asyncio.sleep(0.05)
+            if calls:
+                break
+        await asyncio.sleep(0.3)
+        return calls
+
+    assert asyncio.run(scenario()) == ["idle"]
