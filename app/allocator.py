@@ -9,17 +9,20 @@ Either way the next request's buffers are new pages, which the kernel faults in 
 one. glibc raises both thresholds by itself, but only up to 32 MiB and 64 MiB, only as mapped blocks
 are freed, and how far it gets depends on what the process happened to serve first.
 
-So this stops mapping blocks of their own (M_MMAP_MAX 0: every block comes from a heap), keeps one
-heap for all threads (M_ARENA_MAX 1: a thread's heap of its own cannot grow past 64 MiB, and glibc maps
-the larger blocks anyway), and lets the heap keep up to 1 GiB free (M_TRIM_THRESHOLD) rather than
-giving it back. Small blocks still come from each thread's own cache (tcache), and threads take turns
-only for the large ones: with 4 clients at once, LANCZOS served as many images a second as under
-glibc's defaults, and the shipped models on CPU 6% and 20% more. Memory
-still returns to the kernel past 1 GiB, and what is kept is never more than what the requests in
-flight used at once, which the memory budget (app/memory.py) bounds: the process's peak is unchanged;
-its size after the peak stays while it serves. Once no request has held memory for a few seconds,
-`give_back` returns the free memory of the heap to the kernel (malloc_trim(3)), so an idle service is
-small again. The page faults, system CPU and time per request against glibc's defaults are in the
+So this stops mapping blocks of their own (M_MMAP_MAX 0: blocks come from the heaps) and lets a heap
+keep up to 1 GiB free (M_TRIM_THRESHOLD) rather than giving it back. When the models run on the CPU it
+also keeps one heap for all threads (M_ARENA_MAX 1): a worker thread's heap of its own cannot grow past
+64 MiB, and glibc maps the larger blocks anyway, as the activations of the model's thread are. One
+heap has a cost: the threads take turns at its lock, and with 4 clients at once LANCZOS served 3-7%
+fewer images a second than under glibc's defaults, against 3-20% more for the shipped models. On CUDA
+and MPS the activations are on the device and every thread keeps its own heap, so the host's share of
+a request, with more threads beside it, does not pay that.
+
+Memory still returns to the kernel past 1 GiB, and what is kept is never more than what the requests
+in flight used at once, which the memory budget (app/memory.py) bounds: the process's peak is
+unchanged; its size after the peak stays while it serves. Once no request has held memory for a few
+seconds, `give_back` returns the free memory of the heaps to the kernel (malloc_trim(3)), so an idle
+service is small again. The page faults, system CPU and time per request against glibc's defaults are in the
 README ("Memory between requests"), from `scripts/bench.py`.
 
 An operator's own MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_MMAP_THRESHOLD_ /
@@ -62,15 +65,17 @@ def why_not(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def reuse_image_buffers(environ: Mapping[str, str] = os.environ) -> bool:
-    """Set malloc up as the module's docstring says; returns whether it was set."""
+def reuse_image_buffers(*, one_heap: bool, environ: Mapping[str, str] = os.environ) -> bool:
+    """Set malloc up as the module's docstring says (`one_heap`: the models run on the CPU); returns
+    whether it was set. Call it before the worker threads start: a thread keeps the heap it first
+    allocated from, and glibc fixes its heap count the first time it looks."""
     reason = why_not(environ)
     if reason is None:
         libc = ctypes.CDLL(None, use_errno=True)
-        # mallopt returns 1 on success. Either setting also ends glibc's own threshold adjustment.
-        settings = [(M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREE)]
+        # mallopt returns 1 on success. Either threshold also ends glibc's own adjustment of them.
+        settings = [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREE)] + ([(M_ARENA_MAX, 1)] if one_heap else [])
         if all(libc.mallopt(param, value) == 1 for param, value in settings):
-            log.debug("malloc: no mapped blocks; a heap keeps up to %d MiB free", KEEP_FREE >> 20)
+            log.debug("malloc: heaps keep up to %d MiB free; one heap: %s", KEEP_FREE >> 20, one_heap)
             return True
         reason = "mallopt refused"
     log.debug("malloc left as it is: %s", reason)

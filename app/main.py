@@ -118,9 +118,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reuse_image_buffers()
         # A fresh state per run of the lifespan: a drained one has stopped its device threads.
         state = build_state(settings, metrics, backends)
+        reuse_image_buffers(one_heap=state.inference_device() == "cpu")  # before the threads start
         app.state.upscaler = state
         metrics.watch(state)
         # Models load and warm up on the thread that will run them: OpenMP keeps a thread team per
