@@ -9,11 +9,12 @@ alphabet and correct padding) and raises binascii.Error for bad input as binasci
 
 Answers are written the same way: the base64 goes straight into the answer (`json_response`).
 Base64's alphabet needs no JSON escaping, yet a JSON serialiser scans and copies every character of a
-string: pydantic's took 2.5-2.9 ms of the event loop per 1536² PNG answer here. The answer is sent as
-the pieces it is made of, never joined into one body, which would copy the base64 once more on the
-event loop's thread and hold it twice. Requests are parsed by pydantic's own JSON parser (see
-routes/generate.py). With both, a 768² -> 1536² /generate request takes 6.3-7.0 ms of the event loop's
-CPU against 10.7-12.0 ms before, on this project's 2-core machine (`scripts/bench.py --models none`).
+string: pydantic's took 2.5-2.9 ms for a 1536² PNG answer's (timed alone). The answer is sent as the
+pieces it is made of, never joined into one body, which would copy the base64 once more on the event
+loop's thread and hold it twice. Requests are parsed by pydantic's own JSON parser (see
+routes/generate.py). With both, a 768² -> 1536² /generate request took 6.3-7.0 ms of the event loop's
+CPU against 10.7-12.0 ms before, on this project's 2-core machine (two servers in turn; `scripts/bench.py
+--models none` prints the route's figure).
 """
 
 from __future__ import annotations
