@@ -34,6 +34,7 @@ does this: it is mallopt(3) and malloc_trim(3) through ctypes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -54,9 +55,18 @@ OPERATOR_VARIABLES = (
 )
 
 
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc, else None. Looked up once: platform.libc_ver reads
+    the Python executable's file, and the budget's idle hook asks after every busy spell."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(None)
+
+
 def why_not(environ: Mapping[str, str]) -> str | None:
     """Why the thresholds are left alone here (None: they can be set)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if glibc() is None:
         return "not glibc"
     if any(name in environ for name in OPERATOR_VARIABLES) or "glibc.malloc." in environ.get(
         "GLIBC_TUNABLES", ""
@@ -70,8 +80,8 @@ def reuse_image_buffers(*, one_heap: bool, environ: Mapping[str, str] = os.envir
     whether it was set. Call it before the worker threads start: a thread keeps the heap it first
     allocated from, and glibc fixes its heap count the first time it looks."""
     reason = why_not(environ)
-    if reason is None:
-        libc = ctypes.CDLL(None, use_errno=True)
+    libc = glibc()
+    if reason is None and libc is not None:
         # mallopt returns 1 on success. Either threshold also ends glibc's own adjustment of them.
         settings = [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREE)] + ([(M_ARENA_MAX, 1)] if one_heap else [])
         if all(libc.mallopt(param, value) == 1 for param, value in settings):
@@ -85,6 +95,5 @@ def reuse_image_buffers(*, one_heap: bool, environ: Mapping[str, str] = os.envir
 def give_back() -> bool:
     """Return the free memory of every heap to the kernel (malloc_trim(3)), for an idle service; glibc
     only. Returns whether any was returned."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(None).malloc_trim(0))
+    libc = glibc()
+    return libc is not None and bool(libc.malloc_trim(0))

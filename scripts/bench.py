@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -53,7 +54,7 @@ from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
 from scripts.clients import THROUGHPUT_HEAD, Throughput, run_clients  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
-from scripts.rss import PeakRSS, cpu_s, proc_stat  # noqa: E402
+from scripts.rss import PeakRSS, ProcStat, proc_stat  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Random-weight nets of the published shapes: RealESRGAN_x4plus / x2plus, realesr-animevideov3 and
@@ -65,6 +66,8 @@ SHAPES = {
     "general-x4v3": compact.descriptor(3, 3, 4, 64, 32),
 }
 FAMILIES = {"RRDBNet": rrdbnet, "SRVGGNetCompact": compact}
+LANCZOS_PNG = {"model": "lanczos", "scale": "2", "format": "png"}  # /upscale's fields for LANCZOS x2
+LANCZOS_GENERATE: dict[str, object] = {"hr_scale": 2, "hr_upscaler": "lanczos"}  # /generate's
 
 
 def timed(fn: Callable[[], object], pid: int | str = "self") -> tuple[float, float]:
@@ -335,9 +338,8 @@ def bench_lanczos(server: Server, level: int) -> None:
         "LANCZOS over HTTP: where the time went",
         [breakdown_row("1024²→2048² PNG", server.breakdown(data, 5, model="lanczos", scale="2"))],
     )
-    fields = {"model": "lanczos", "scale": "2", "format": "png"}
     load = run_clients(
-        f"{server.url}/upscale", data, fields, clients=4, per_client=4, server_pid=server.proc.pid
+        f"{server.url}/upscale", data, LANCZOS_PNG, clients=4, per_client=4, server_pid=server.proc.pid
     )
     table(
         "LANCZOS 1024²→2048² PNG, 4 clients (each its own process): the server's host CPU per image",
@@ -346,30 +348,41 @@ def bench_lanczos(server: Server, level: int) -> None:
     )
 
 
+def posting(data: bytes, fields: dict[str, str]) -> Callable[[Server], object]:
+    """A request to /upscale, for any server."""
+    return lambda srv: srv.post(data, **fields)
+
+
+def in_a_row(
+    send: Callable[[], object], runs: int, pid: int
+) -> tuple[float, ProcStat | None, ProcStat | None]:
+    """`send()` once (a warm-up), then `runs` times in a row: the wall seconds, and what server process
+    `pid` and its main thread (the event loop) counted meanwhile (None where /proc cannot be read)."""
+    send()
+    process, loop, t0 = proc_stat(pid), proc_stat(pid, pid), time.perf_counter()
+    for _ in range(runs):
+        send()
+    wall = time.perf_counter() - t0
+    return wall, grown(process, proc_stat(pid)), grown(loop, proc_stat(pid, pid))
+
+
+def grown(start: ProcStat | None, end: ProcStat | None) -> ProcStat | None:
+    return None if start is None or end is None else end - start
+
+
 def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
     """The hires fix's JSON route (/generate: base64 in and out) beside /upscale (multipart in, the
     PNG out) for the same 768² -> 1536² LANCZOS request: the client's time and the server's event loop
     CPU per request, over `runs` requests in a row from one client."""
     data = png(test_image(size), 1)
-    pid = server.proc.pid
     routes: list[tuple[str, Callable[[], object]]] = [
-        (
-            "/upscale (multipart, PNG answer)",
-            lambda: server.post(data, model="lanczos", scale="2", format="png"),
-        ),
-        (
-            "/generate (base64 JSON both ways)",
-            lambda: server.generate(data, hr_scale=2, hr_upscaler="lanczos"),
-        ),
+        ("/upscale (multipart, PNG answer)", functools.partial(server.post, data, **LANCZOS_PNG)),
+        ("/generate (base64 JSON both ways)", functools.partial(server.generate, data, **LANCZOS_GENERATE)),
     ]
     rows = []
     for name, send in routes:
-        send()
-        loop0, t0 = cpu_s(pid, pid), time.perf_counter()
-        for _ in range(runs):
-            send()
-        wall, loop1 = time.perf_counter() - t0, cpu_s(pid, pid)
-        loop_ms = "-" if loop0 is None or loop1 is None else f"{(loop1 - loop0) * 1000 / runs:.1f}"
+        wall, _, loop = in_a_row(send, runs, server.proc.pid)
+        loop_ms = "-" if loop is None else f"{loop.cpu_s * 1000 / runs:.1f}"
         rows.append([name, f"{wall * 1000 / runs:.1f}", loop_ms])
     table(
         f"LANCZOS {size}²→{size * 2}² by route, means of {runs} in a row",
@@ -386,52 +399,42 @@ def bench_allocator(server: Server, work: Path, models: list[str]) -> None:
     """Requests through the service beside the same service with glibc's default malloc settings
     (app/allocator.py): LANCZOS, then each of `models` at 256² (the shipped ones: the others take
     seconds a request on CPU). First in a row from one client, with the server's page faults and CPU
-    per request; then from 4 clients at once. The two servers take turns, as this machine's speed
-    wanders."""
+    per request; then (/upscale) from 4 clients at once. The two servers take turns, as this
+    machine's speed wanders."""
     other = Server(work, GLIBC_DEFAULTS, name="server-glibc-defaults")
     servers = {"glibc's defaults": other, "the service's": server}
     small, hires, large = (png(test_image(size), 1) for size in (256, 768, 1024))
-    lanczos = {"model": "lanczos", "scale": "2", "format": "png"}
-    cases = [
-        ("LANCZOS 768²→1536² PNG /upscale", hires, lanczos),
-        ("LANCZOS 1024²→2048² PNG /upscale", large, lanczos),
-        ("LANCZOS 768²→1536² PNG /generate", hires, None),
-    ] + [(f"{name} 256² PNG /upscale", small, {"model": name, "format": "png"}) for name in models]
+    lanczos = [
+        ("LANCZOS 768²→1536² PNG /upscale", hires, LANCZOS_PNG),
+        ("LANCZOS 1024²→2048² PNG /upscale", large, LANCZOS_PNG),
+    ]
+    shipped = [(f"{name} 256² PNG /upscale", small, {"model": name, "format": "png"}) for name in models]
+    generate: tuple[str, Callable[[Server], object]] = (
+        "LANCZOS 768²→1536² PNG /generate",
+        lambda srv: srv.generate(hires, **LANCZOS_GENERATE),
+    )
+    sends = [(label, posting(data, fields)) for label, data, fields in lanczos]
+    sends += [generate] + [(label, posting(data, fields)) for label, data, fields in shipped]
     try:
-        in_a_row(servers, cases, rounds=3, runs=6)
-        at_once(servers, [case for case in cases if case[2] is not None], rounds=2)
+        one_client(servers, sends, rounds=3, runs=6)
+        at_once(servers, lanczos + shipped, rounds=2)
     finally:
         other.close()
 
 
-def in_a_row(
-    servers: dict[str, Server], cases: list[tuple[str, bytes, dict | None]], rounds: int, runs: int
+def one_client(
+    servers: dict[str, Server], sends: list[tuple[str, Callable[[Server], object]]], rounds: int, runs: int
 ) -> None:
-    """`rounds` x `runs` requests of each case from one client (`fields` None: /generate, LANCZOS x2)."""
+    """`rounds` x `runs` requests of each `send(server)` from one client, the servers in turn."""
     rows = []
-    for label, data, fields in cases:
+    for label, send in sends:
         sums = {name: np.zeros(4) for name in servers}  # wall s, faults, system s, user s
         for _ in range(rounds):
             for name, srv in servers.items():
-
-                def send(srv: Server = srv, data: bytes = data, fields: dict | None = fields) -> object:
-                    if fields is None:
-                        return srv.generate(data, hr_scale=2, hr_upscaler="lanczos")
-                    return srv.post(data, **fields)
-
-                send()
-                before, t0 = proc_stat(srv.proc.pid), time.perf_counter()
-                for _ in range(runs):
-                    send()
-                wall, after = time.perf_counter() - t0, proc_stat(srv.proc.pid)
-                if before is None or after is None:
+                wall, grown, _ = in_a_row(functools.partial(send, srv), runs, srv.proc.pid)
+                if grown is None:
                     return  # no /proc here
-                sums[name] += [
-                    wall,
-                    after.minor_faults - before.minor_faults,
-                    after.system_s - before.system_s,
-                    after.user_s - before.user_s,
-                ]
+                sums[name] += [wall, grown.minor_faults, grown.system_s, grown.user_s]
         for name, total in sums.items():
             wall_ms, faults, system_ms, user_ms = total / (rounds * runs) * [1000, 1, 1000, 1000]
             figures = [f"{wall_ms:.1f}", f"{faults:.0f}", f"{system_ms:.1f}", f"{user_ms:.1f}"]
@@ -443,17 +446,15 @@ def in_a_row(
     )
 
 
-def at_once(servers: dict[str, Server], cases: list[tuple[str, bytes, dict | None]], rounds: int) -> None:
+def at_once(servers: dict[str, Server], posts: list[tuple[str, bytes, dict[str, str]]], rounds: int) -> None:
     """Each /upscale case from 4 clients at once (each its own process), `rounds` turns per server."""
     rows = []
-    for label, data, fields in cases:
+    for label, data, fields in posts:
         seen: dict[str, list[Throughput]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, srv in servers.items():
                 url, pid = f"{srv.url}/upscale", srv.proc.pid
-                seen[name].append(
-                    run_clients(url, data, fields or {}, clients=4, per_client=4, server_pid=pid)
-                )
+                seen[name].append(run_clients(url, data, fields, clients=4, per_client=4, server_pid=pid))
         for name, runs in seen.items():
             rows.append(max(runs, key=lambda t: t.images_per_s).row(f"{label}, malloc: {name}"))
     table(f"Memory between requests: 4 clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)

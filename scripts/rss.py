@@ -53,6 +53,14 @@ class ProcStat:
     def cpu_s(self) -> float:
         return self.user_s + self.system_s
 
+    def __sub__(self, before: ProcStat) -> ProcStat:
+        """What was counted between two readings, `before` and this one."""
+        return ProcStat(
+            self.minor_faults - before.minor_faults,
+            self.user_s - before.user_s,
+            self.system_s - before.system_s,
+        )
+
 
 def proc_stat(pid: int, thread: int | None = None) -> ProcStat | None:
     """/proc's counters of process `pid`, or of its thread `thread` (its main thread is `pid` itself);
