@@ -44,7 +44,7 @@ lint: install-dev
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: install-dev
-	$(BIN)/mypy app client/upscaler_client
+	$(BIN)/mypy app client/upscaler_client scripts tests
 
 pytest: install-dev
 	$(BIN)/python -m pytest -q

@@ -209,7 +209,8 @@ class HealthProbe:
     def __init__(self, url: str) -> None:
         import httpx2 as httpx
 
-        self.url, self.ms, self._stop = url, [], threading.Event()
+        self.url, self._stop = url, threading.Event()
+        self.ms: list[float] = []
         self._client = httpx.Client(timeout=30)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -249,8 +250,8 @@ def bench_model(
     scale, macs = desc.scale, desc.macs_per_pixel
     entry = ModelEntry(name, "pytorch", weights_file)
     backend.load(entry)
-    assert entry.runner is not None, entry.reason
-    runner = entry.runner
+    assert entry.runner is not None and backend.precision is not None, entry.reason
+    runner, precision = entry.runner, backend.precision
     reference_forward(net, np.zeros((32, 32, 3), np.uint8))  # warm-up, like the service's
     rows: list[list[str]] = []
     stage_rows: list[list[str]] = []
@@ -259,9 +260,9 @@ def bench_model(
         arr = np.asarray(img)
         data = png(img)
         gflop = 2 * macs * size * size / 1e9
-        measured = []
+        measured: list[tuple[str, float, float]] = []
         if reference:
-            measured.append(("reference", *timed(lambda arr=arr: reference_forward(net, arr))))
+            measured.append(("reference", *timed(functools.partial(reference_forward, net, arr))))
 
         def ref_io(data: bytes = data) -> bytes:
             return png(
@@ -272,25 +273,22 @@ def bench_model(
 
         if reference:
             measured.append(("ref+io", *timed(ref_io)))
-        measured.append(("engine", *timed(lambda arr=arr: run_model(arr, runner, scale, bit_depth=8))))
-        by_window = WindowsOnly(runner)
-        measured.append(
-            ("engine/np", *timed(lambda arr=arr, r=by_window: run_model(arr, r, scale, bit_depth=8)))
-        )
+        measured.append(("engine", *timed(functools.partial(run_model, arr, runner, scale, bit_depth=8))))
+        by_window = functools.partial(run_model, arr, WindowsOnly(runner), scale, bit_depth=8)
+        measured.append(("engine/np", *timed(by_window)))
         if server is not None:
             answers: list[Any] = []
-            http = timed(
-                lambda data=data, answers=answers: answers.append(
-                    server.post(data, model=name, scale=str(scale))
-                ),
-                pid=server.proc.pid,
-            )
+
+            def post(data: bytes = data, answers: list[Any] = answers, server: Server = server) -> None:
+                answers.append(server.post(data, model=name, scale=str(scale)))
+
+            http = timed(post, pid=server.proc.pid)
             measured.append(("http", *http))
             stage_rows.append(breakdown_row(f"{size}²→{size * scale}² PNG", stages_ms(answers[0], http[0])))
         t_ref = measured[0][1] if reference else None
         t_io = measured[1][1] if reference else None
         for row, secs, mem in measured:
-            roof = roofs["fp32" if row.startswith("ref") else backend.precision]
+            roof = roofs["fp32" if row.startswith("ref") else precision]
             rows.append(
                 [
                     f"{size}²→{size * scale}²",
@@ -637,7 +635,7 @@ def bench_decode() -> None:
         row = [label]
         for busy in (False, True):
             with BusyThread() if busy else contextlib.nullcontext():
-                t_before = best_s(lambda data=data, f=before: f(data), 5)
+                t_before = best_s(functools.partial(before, data), 5)
                 t_ours = best_s(ours, 5)
             row += [f"{t_before * 1000:.1f}", f"{t_ours * 1000:.1f}", f"{t_before / t_ours:.1f}x"]
         rows.append(row)
@@ -698,6 +696,8 @@ def main() -> None:
         models.append((path.stem, desc, net, dst))
 
     backend = PyTorchBackend(device="auto", precision=args.precision)
+    if backend.precision is None:
+        raise SystemExit(f"PyTorch backend unavailable: {backend.status().reason}")
     print(
         f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}; engine precision {backend.precision}"

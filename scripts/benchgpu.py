@@ -74,7 +74,8 @@ def limit_s(
     net: torch.nn.Module, desc: ModelDescriptor, size: int, device: str, compile_net: bool, repeat: int
 ) -> tuple[float, float | None]:
     """The pure forward's seconds, and the compiled forward's (None without `compile_net`)."""
-    fast = copy.deepcopy(net).eval().to(device).half().to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(net).eval().to(device).half()
+    fast = fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = (
         torch.rand(1, desc.in_ch, size, size, device=device)
         .half()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -86,7 +87,7 @@ def _client(
         out.put((t0, time.perf_counter()))
 
 
-def _collect(box: Any, count: int, procs: list[BaseProcess], deadline: float, what: str) -> list[Any]:
+def _collect(box: Any, count: int, procs: Sequence[BaseProcess], deadline: float, what: str) -> list[Any]:
     """`count` items from `box`. Raises RuntimeError when a client process fails or time runs out."""
     items: list[Any] = []
     while len(items) < count:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ def load_set(name: str) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
 
 
-def score(upscale, images: list[Image.Image], scale: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+def score(
+    upscale: Callable[[Image.Image], np.ndarray], images: list[Image.Image], scale: int
+) -> tuple[float, float, float]:
     """Mean Y-PSNR, mean Y-SSIM and seconds per image of `upscale(lr) -> uint8 array`."""
     psnrs, ssims, seconds = [], [], 0.0
     for img in images:
@@ -53,11 +56,11 @@ def score(upscale, images: list[Image.Image], scale: int) -> tuple[float, float,
     return float(np.mean(psnrs)), float(np.mean(ssims)), seconds / len(images)
 
 
-def resample(method: Image.Resampling, scale: int):  # type: ignore[no-untyped-def]
+def resample(method: Image.Resampling, scale: int) -> Callable[[Image.Image], np.ndarray]:
     return lambda lr: np.asarray(lr.resize((lr.width * scale, lr.height * scale), method))
 
 
-def neural(entry: ModelEntry, tile: int | None):  # type: ignore[no-untyped-def]
+def neural(entry: ModelEntry, tile: int | None) -> Callable[[Image.Image], np.ndarray]:
     runner = entry.runner
     assert runner is not None
     return lambda lr: quantize(run_model(np.asarray(lr), runner, runner.scale, tile=tile), 8)
@@ -93,7 +96,7 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for scale in scales:
-        rows: list[tuple[str, object]] = [
+        rows: list[tuple[str, Callable[[Image.Image], np.ndarray]]] = [
             ("bicubic", resample(Image.Resampling.BICUBIC, scale)),
             ("LANCZOS", resample(Image.Resampling.LANCZOS, scale)),
         ]

@@ -70,6 +70,7 @@ def sample_batch(images: list[np.ndarray], batch: int, lr_patch: int, scale: int
 
 def _smooth_identity(conv: nn.Conv2d, channels: int, smooth: bool) -> None:
     """Make the first `channels` outputs copy (or [1,2,1]x[1,2,1]/16-smooth) the same input channels."""
+    assert conv.bias is not None, "the net's convolutions all have biases"
     k = torch.zeros(3, 3)
     if smooth:
         t = torch.tensor([1.0, 2.0, 1.0]) / 4
@@ -96,7 +97,8 @@ def init_near_interpolation(net: RRDBNet, channels: int = 3) -> None:
         for name, module in net.named_modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, a=0.2)
-                module.bias.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
                 if name.startswith("body."):
                     module.weight.mul_(0.1)
         net.conv_body.weight.mul_(0.01)
@@ -231,8 +233,8 @@ def main() -> None:
     net.train()
     t0 = window_start = time.time()
     seen_loss, window = 0.0, 0
-    ema_params = list(ema.parameters())
-    net_params = list(net.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    net_params: list[torch.Tensor] = list(net.parameters())
     while step < args.steps:
         if args.minutes and time.time() - t0 > args.minutes * 60:
             break

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
@@ -97,7 +97,7 @@ def test_api_conforms_to_its_openapi_schema(case: schemathesis.Case, served_app:
     text_body = case.media_type is not None and (
         case.media_type in TEXT_ENCODED_BODIES or case.media_type.startswith("image/")
     )
-    excluded = [negative_data_rejection] if text_body else []
+    excluded: list[CheckFunction] = [negative_data_rejection] if text_body else []
     if generation:  # they accept nothing: every request, valid or not, is answered 501
         excluded += [positive_data_acceptance, not_a_server_error]
     case.validate_response(response, excluded_checks=excluded or None, transport_kwargs={"app": served_app})

@@ -8,6 +8,7 @@ import time
 import zlib
 from pathlib import Path
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -22,7 +23,7 @@ from tests.support.images import SRGB, gradient_image, png_bytes
 PNG = png_bytes(gradient_image(40, 30))
 
 
-def post(client: TestClient, data: bytes = PNG, **fields: str):  # type: ignore[no-untyped-def]
+def post(client: TestClient, data: bytes = PNG, **fields: str) -> httpx.Response:
     return client.post("/upscale", files={"image": ("a.png", data, "image/png")}, data=fields)
 
 
@@ -37,7 +38,12 @@ def test_hostile_lanczos_step_past_the_deadline_is_504_and_stops_there(
         return original(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service_module.UpscaleService, "_resize", staticmethod(slow_resize))
-    monkeypatch.setattr(service_module, "encode", lambda *a, **k: encoded.append(1) or b"")
+
+    def encode_nothing(*args: object, **kwargs: object) -> bytes:
+        encoded.append(1)
+        return b""
+
+    monkeypatch.setattr(service_module, "encode", encode_nothing)
     t0 = time.monotonic()
     resp = post(client, model="lanczos", scale="2")
     assert resp.status_code == 504 and resp.json()["error"]["type"] == "timeout"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx2 as httpx
 from fastapi.testclient import TestClient
 
 from tests.conftest import ClientFactory
@@ -14,7 +15,7 @@ from tests.support.stubs import add_stub
 PNG = png_bytes(gradient_image(40, 30))
 
 
-def post(client: TestClient, **fields: str):  # type: ignore[no-untyped-def]
+def post(client: TestClient, **fields: str) -> httpx.Response:
     return client.post("/upscale", files={"image": ("in.png", PNG, "image/png")}, data=fields)
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +20,7 @@ PNG = png_bytes(gradient_image(40, 30))
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-def post(client: TestClient, headers: dict[str, str] | None = None, **fields: str):  # type: ignore[no-untyped-def]
+def post(client: TestClient, headers: dict[str, str] | None = None, **fields: str) -> httpx.Response:
     return client.post(
         "/upscale", files={"image": ("in.png", PNG, "image/png")}, data=fields, headers=headers or {}
     )

@@ -7,6 +7,7 @@ import base64
 import io
 from pathlib import Path
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +21,7 @@ IMG = gradient_image(40, 30)
 B64 = base64.b64encode(png_bytes(IMG)).decode()
 
 
-def extras(client: TestClient, **payload: object):  # type: ignore[no-untyped-def]
+def extras(client: TestClient, **payload: object) -> httpx.Response:
     return client.post("/sdapi/v1/extra-single-image", json={"image": B64, **payload})
 
 

@@ -7,6 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -19,11 +20,11 @@ from tests.support.stubs import add_stub
 PNG = png_bytes(gradient_image(40, 30))
 
 
-def post(client: TestClient, data: bytes = PNG, **fields: str):  # type: ignore[no-untyped-def]
+def post(client: TestClient, data: bytes = PNG, **fields: str) -> httpx.Response:
     return client.post("/upscale", files={"image": ("in.png", data, "image/png")}, data=fields)
 
 
-def assert_error(resp, status: int, type_: str) -> None:  # type: ignore[no-untyped-def]
+def assert_error(resp: httpx.Response, status: int, type_: str) -> None:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"} and body["error"]["type"] == type_ and body["error"]["message"]

@@ -27,11 +27,11 @@ from tests.support.stubs import add_stub
 PNG = png_bytes(gradient_image(40, 30))
 
 
-def post(client: TestClient):  # type: ignore[no-untyped-def]
+def post(client: TestClient) -> httpx.Response:
     return client.post("/upscale", files={"image": ("in.png", PNG, "image/png")})
 
 
-def assert_draining(resp) -> None:  # type: ignore[no-untyped-def]
+def assert_draining(resp: httpx.Response) -> None:
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["type"] == "shutting_down"
     assert int(resp.headers["retry-after"]) >= 1

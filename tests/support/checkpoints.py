@@ -102,7 +102,9 @@ def write_checkpoint(sd: dict, path: Path, layout: str) -> Path:
     return path
 
 
-def compact_net(scale: int = 4, num_feat: int = 8, num_conv: int = 3, channels: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
+def compact_net(
+    scale: int = 4, num_feat: int = 8, num_conv: int = 3, channels: int = 3, seed: int = 0
+) -> SRVGGNetCompact:
     torch.manual_seed(seed)
     net = SRVGGNetCompact(channels, channels, num_feat, num_conv, scale).eval()
     with torch.no_grad():  # PReLU slopes of a trained net differ per channel; random ones too

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from app.backends.base import ModelEntry
 from app.imaging.pixels import to_unit_float
@@ -44,9 +47,10 @@ class StubRunner:
         return np.repeat(np.repeat(x, self.scale, 0), self.scale, 1)
 
 
-def add_stub(client, name: str = "stub", **kwargs: object) -> StubRunner:  # type: ignore[no-untyped-def]
+def add_stub(client: TestClient, name: str = "stub", **kwargs: Any) -> StubRunner:
     """Register a stub model on a running TestClient's app; returns the runner."""
-    runner = StubRunner(**kwargs)  # type: ignore[arg-type]
+    runner = StubRunner(**kwargs)
     entry = ModelEntry(name=name, backend="pytorch", file=Path(f"{name}.pth"), runner=runner)
+    assert isinstance(client.app, FastAPI), "a TestClient of create_app's app"
     client.app.state.upscaler.registry.models.append(entry)
     return runner

@@ -21,7 +21,7 @@ async def _hold(budget: MemoryBudget, need: int, release: asyncio.Event, got: li
 def test_budget_waits_then_admits_and_refuses_beyond_its_waiting_room() -> None:
     async def scenario() -> tuple[list[str], str, int]:
         budget = MemoryBudget(total=100, max_waiting=1)
-        release, got = asyncio.Event(), []
+        release, got = asyncio.Event(), list[str]()
         first = asyncio.create_task(_hold(budget, 70, release, got, "a"))
         await asyncio.sleep(0.01)
         second = asyncio.create_task(_hold(budget, 60, asyncio.Event(), got, "b"))  # waits: 70 + 60 > 100

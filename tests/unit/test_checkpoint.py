@@ -9,12 +9,12 @@ import torch
 from app.models import rrdbnet
 from app.models.architectures import describe
 from app.models.checkpoint import unwrap
-from app.models.descriptor import UnknownArchitecture
+from app.models.descriptor import ModelDescriptor, UnknownArchitecture
 from app.models.rrdbnet import RRDBNet
 from tests.support.checkpoints import LAYOUTS, load_entry, tiny_state_dict, write_checkpoint
 
 
-def detect(sd: dict):  # type: ignore[no-untyped-def]
+def detect(sd: dict) -> ModelDescriptor:
     """The RRDBNet descriptor of a (possibly wrapped, possibly old-named) state dict."""
     return describe(unwrap(sd))
 

@@ -91,7 +91,7 @@ def test_runner_default_tile_with_context_fits_package(
 
 def test_runner_pads_edge_tiles_to_package_shapes_and_crops_back() -> None:
     net, _ = tiny_net(2)
-    shapes, seen = [(32, 32), (64, 64)], []
+    shapes, seen = [(32, 32), (64, 64)], list[tuple[int, ...]]()
     runner = CoreMLRunner(stand_in(net, shapes, seen), 2, shapes, pad=16)
     out = run_model(textured(61, 38), runner, 2.0, pad=16)
     assert out.shape == (76, 122, 3) and out.dtype == np.float32

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from app.backends.base import ModelEntry
-from app.backends.coreml import OFF_MACOS, CoreMLBackend, import_coremltools
+from app.backends.coreml import OFF_MACOS, CoreMLBackend, CoreMLRunner, import_coremltools
 from app.backends.pytorch import TorchRunner
 from app.engine import run_model
 from scripts.coreml_convert import (
@@ -229,6 +229,7 @@ def test_coreml_prediction_matches_pytorch(packages: dict[str, Any]) -> None:
         expected = run_model(img, TorchRunner(torch, net, arch, "cpu", "fp32", tile), float(arch.scale))
         got = run_model(img, entry.runner, float(arch.scale))
         assert psnr(got, expected) >= 40.0
-        runtime, results = compare_with_torch(packages[key], net, 3, [tuple(s) for s in entry.runner.shapes])
+        assert isinstance(entry.runner, CoreMLRunner)
+        runtime, results = compare_with_torch(packages[key], net, 3, list(entry.runner.shapes))
         assert runtime == "coreml" and all(db >= 40.0 for _, db in results), results
         assert np.isfinite(got).all()

@@ -20,7 +20,7 @@ PNG = png_bytes(gradient_image(40, 30))
 
 def entry(scale: int = 2, tile: int = 0, precision: str = "fp32", device: str = "cpu") -> ModelEntry:
     runner = SimpleNamespace(scale=scale, default_tile=tile, precision=precision, device=device)
-    return ModelEntry(name="m", backend="pytorch", file=Path("m.pth"), runner=runner)  # type: ignore[arg-type]
+    return ModelEntry(name="m", backend="pytorch", file=Path("m.pth"), runner=runner)
 
 
 def estimate(w: int, h: int, factor: float, e: ModelEntry | None, **kw: int) -> int:

@@ -106,7 +106,8 @@ def test_decode_keeps_channels_and_alpha(mode: str, channels: int, has_alpha: bo
     dec = decode_bytes(png_bytes(src))
     assert dec.pixels.shape == (30, 40, channels) and dec.pixels.dtype == np.uint8
     assert (dec.bit_depth, dec.format, dec.gray, dec.size) == (8, "PNG", channels == 1, (40, 30))
-    assert dec.pil() is not None and dec.pil().mode == mode
+    pil = dec.pil()
+    assert pil is not None and pil.mode == mode
     ref = np.asarray(src).reshape(30, 40, -1)
     assert np.array_equal(dec.pixels, ref[..., :channels])
     if has_alpha:
@@ -168,7 +169,8 @@ def test_decode_16bit_gray_png_stays_16bit() -> None:
     dec = decode_bytes(data)
     assert dec.bit_depth == 16 and dec.pixels.dtype == np.uint16 and dec.pixels.shape == (30, 40, 1)
     assert np.array_equal(dec.pixels[..., 0], values) and dec.alpha is None
-    assert dec.pil() is not None and dec.pil().mode == "I;16"
+    pil = dec.pil()
+    assert pil is not None and pil.mode == "I;16"
 
 
 def test_decode_16bit_gray_with_alpha_stays_gray_and_16bit() -> None:

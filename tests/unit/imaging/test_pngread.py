@@ -50,7 +50,7 @@ def assert_same(data: bytes) -> None:
     assert dec.pixels.dtype == pixels.dtype and np.array_equal(dec.pixels, pixels)
     assert (dec.alpha is None) == (alpha is None)
     if alpha is not None:
-        assert np.array_equal(dec.alpha, alpha)
+        assert dec.alpha is not None and np.array_equal(dec.alpha, alpha)
 
 
 def test_real_photos_decode_as_pillow_decodes_them(datasets: Path) -> None:
@@ -81,7 +81,7 @@ def test_16bit_matches_pypng(channels: int) -> None:
     assert dec.bit_depth == 16 and np.array_equal(dec.pixels, color)
     assert (dec.alpha is None) == (channels in (1, 3))
     if channels in (2, 4):
-        assert np.array_equal(dec.alpha, arr[..., -1])
+        assert dec.alpha is not None and np.array_equal(dec.alpha, arr[..., -1])
 
 
 def test_text_before_and_after_the_pixels_is_kept_as_pillow_reads_it() -> None:
