@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.backends.base import ModelEntry  # noqa: E402
-from app.backends.pytorch import DTYPES, PyTorchBackend  # noqa: E402
+from app.backends.placement import DTYPES  # noqa: E402
+from app.backends.pytorch import PyTorchBackend  # noqa: E402
 from app.engine import run_model  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402

@@ -11,13 +11,11 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 
-from app.backends.pytorch import default_tile
 from app.engine import run_model
-from app.models import compact, rrdbnet
 from app.models.architectures import describe, load
 from app.models.checkpoint import unwrap
 from app.models.compact import SRVGGNetCompact
-from app.models.descriptor import ModelDescriptor, UnknownArchitecture
+from app.models.descriptor import UnknownArchitecture
 from scripts.quality import psnr_unit
 from tests.conftest import ClientFactory
 from tests.support.checkpoints import compact_net, forward, load_entry, tiny_state_dict, write_checkpoint
@@ -138,15 +136,6 @@ def test_load_without_spandrel_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
         "unsupported architecture: 2 tensors, keys like layers.N.residual_group"
     )
     assert str(info.value).endswith("(install the spandrel extra)")
-
-
-def test_default_tile_follows_the_descriptor() -> None:
-    x4, x2 = rrdbnet.descriptor(3, 3, 4, 64, 23, 32), rrdbnet.descriptor(3, 3, 2, 64, 23, 32)
-    assert (default_tile("cpu", x4, None), default_tile("cpu", x2, None)) == (256, 512)
-    assert default_tile("cpu", compact.descriptor(3, 3, 4, 64, 16), None) == 512
-    discouraged = ModelDescriptor("SwinIR", 4, 3, 3, tiling="discouraged", activations_per_pixel=16384)
-    assert default_tile("cpu", discouraged, None) == 0
-    assert default_tile("cuda", x4, 80 * 1024**3) > default_tile("cuda", x4, 4 * 1024**3)
 
 
 def test_one_stem_several_files_is_one_model(make_client: ClientFactory, tmp_path: Path) -> None:
