@@ -8,7 +8,6 @@ differs. Nothing here imports the server, torch or Pillow.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pybase64
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = {503}
@@ -153,7 +153,7 @@ def _upscale_result(resp: httpx.Response) -> UpscaleResult:
 
 def _generate_body(images: ImageInput | Iterable[ImageInput], options: Mapping[str, Any]) -> dict[str, Any]:
     items = [images] if isinstance(images, (bytes, str, Path)) else list(images)
-    return {"images": [base64.b64encode(_read(i)).decode() for i in items], **options}
+    return {"images": [pybase64.b64encode(_read(i)).decode() for i in items], **options}
 
 
 def _generate_result(resp: httpx.Response) -> GenerateResult:
@@ -161,7 +161,7 @@ def _generate_result(resp: httpx.Response) -> GenerateResult:
     body = resp.json()
     info = body.get("info", {})
     return GenerateResult(
-        images=[base64.b64decode(i) for i in body["images"]],
+        images=[pybase64.b64decode(i, validate=True) for i in body["images"]],
         upscaler=info.get("upscaler"),
         backend=info.get("backend"),
         fallback_reason=info.get("fallback_reason"),
@@ -245,7 +245,8 @@ class Client(_Base):
         return _upscale_result(self._send("POST", "/upscale", files=files, data=data))
 
     def generate(self, images: ImageInput | Iterable[ImageInput], **options: Any) -> GenerateResult:
-        """The hires-fix hook: hr_scale, hr_resize_x / hr_resize_y, hr_upscaler, ... Raises UpscalerError."""
+        """The hires-fix hook: hr_scale, hr_resize_x / hr_resize_y, hr_upscaler, ... Raises UpscalerError,
+        and ValueError (binascii.Error) when an answer's image is not valid base64."""
         return _generate_result(self._send("POST", "/generate", json=_generate_body(images, options)))
 
 

@@ -110,6 +110,14 @@ def test_client_generate_and_health() -> None:
     assert state.ready and state.serving == ["m"]
 
 
+def test_client_generate_refuses_an_answer_that_is_not_base64() -> None:
+    good = base64.b64encode(b"\x89PNG fake").decode()
+    for bad in (good[:4] + "*" + good[4:], good[:-1]):  # a stray character; a truncated answer
+        script = Script(httpx.Response(200, json={"images": [bad], "info": {}}))
+        with Client("http://svc", transport=httpx.MockTransport(script)) as client, pytest.raises(ValueError):
+            client.generate(b"a")
+
+
 def test_async_client_retries_and_reads_results() -> None:
     script = Script(overloaded(), httpx.Response(200, content=b"x", headers=RESULT_HEADERS))
 
