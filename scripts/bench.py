@@ -4,6 +4,7 @@
     python scripts/bench.py --large        # adds 1024 px (1024 -> 4096 for x4: the memory bound)
     python scripts/bench.py ~/RealESRGAN_x4plus.pth --models x4plus --sizes 256
     python scripts/bench.py --device cuda  # the GPU table (scripts/benchgpu.py): the cases of GPU_CASES
+    python scripts/bench.py --gpu-cases rrdb-x2:64   # the GPU table's code, run on the CPU at a small size
 
 Rows per model and input size:
   reference   plain eager fp32 NCHW whole-image forward (as Real-ESRGAN's inference script runs it)
@@ -20,7 +21,8 @@ latency while the benchmark ran, the same requests (and the shipped models') aga
 with glibc's default malloc settings (page faults and CPU per request: app/allocator.py), the LANCZOS
 of a model's output to a size off its scale (host Pillow against the device resize), an upload's
 LANCZOS in bands on every core against Pillow's on one, upload decode times against Pillow's (alone
-and beside a busy thread), and output encode times per format.
+and beside a busy thread), and output encode times per format. With --device cuda, the GPU table, then
+the same malloc comparison on the GPU host (the hires fix and the shipped models at 1024², 8 clients).
 Nothing here is asserted: it prints what it measured.
 """
 
@@ -394,29 +396,39 @@ def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
 GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
 
 
-def bench_allocator(server: Server, work: Path, models: list[str]) -> None:
+def bench_allocator(
+    server: Server,
+    work: Path,
+    models: list[tuple[str, int]],
+    env: dict[str, str] | None = None,
+    clients: int = 4,
+) -> None:
     """Requests through the service beside the same service with glibc's default malloc settings
-    (app/allocator.py): LANCZOS, then each of `models` at 256² (the shipped ones: the others take
-    seconds a request on CPU). First in a row from one client, with the server's page faults and CPU
-    per request; then (/upscale) from 4 clients at once. The two servers take turns, as this
-    machine's speed wanders."""
-    other = Server(work, GLIBC_DEFAULTS, name="server-glibc-defaults")
+    (app/allocator.py): LANCZOS, then each (model, input side) of `models` (on CPU the shipped ones at
+    256²: the others take seconds a request). First in a row from one client, with the server's page
+    faults and CPU per request; then (/upscale) from `clients` clients at once. The second server
+    gets `env` (the first one's settings) too. The two servers take turns, as a machine's speed
+    wanders."""
+    other = Server(work, {**(env or {}), **GLIBC_DEFAULTS}, name="server-glibc-defaults")
     servers = {"glibc's defaults": other, "the service's": server}
-    small, hires, large = (png(test_image(size), 1) for size in (256, 768, 1024))
+    hires, large = (png(test_image(size), 1) for size in (768, 1024))
     lanczos = [
         ("LANCZOS 768²→1536² PNG /upscale", hires, LANCZOS_PNG),
         ("LANCZOS 1024²→2048² PNG /upscale", large, LANCZOS_PNG),
     ]
-    shipped = [(f"{name} 256² PNG /upscale", small, {"model": name, "format": "png"}) for name in models]
+    neural = [
+        (f"{name} {size}² PNG /upscale", png(test_image(size), 1), {"model": name, "format": "png"})
+        for name, size in models
+    ]
     generate: tuple[str, Callable[[Server], object]] = (
         "LANCZOS 768²→1536² PNG /generate",
         lambda srv: srv.generate(hires, **LANCZOS_GENERATE),
     )
     sends = [(label, posting(data, fields)) for label, data, fields in lanczos]
-    sends += [generate] + [(label, posting(data, fields)) for label, data, fields in shipped]
+    sends += [generate] + [(label, posting(data, fields)) for label, data, fields in neural]
     try:
         one_client(servers, sends, rounds=3, runs=6)
-        at_once(servers, lanczos + shipped, rounds=2)
+        at_once(servers, lanczos + neural, rounds=2, clients=clients)
     finally:
         other.close()
 
@@ -445,18 +457,23 @@ def one_client(
     )
 
 
-def at_once(servers: dict[str, Server], posts: list[tuple[str, bytes, dict[str, str]]], rounds: int) -> None:
-    """Each /upscale case from 4 clients at once (each its own process), `rounds` turns per server."""
+def at_once(
+    servers: dict[str, Server], posts: list[tuple[str, bytes, dict[str, str]]], rounds: int, clients: int
+) -> None:
+    """Each /upscale case from `clients` clients at once (each its own process), `rounds` turns per
+    server."""
     rows = []
     for label, data, fields in posts:
         seen: dict[str, list[Throughput]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, srv in servers.items():
                 url, pid = f"{srv.url}/upscale", srv.proc.pid
-                seen[name].append(run_clients(url, data, fields, clients=4, per_client=4, server_pid=pid))
+                seen[name].append(
+                    run_clients(url, data, fields, clients=clients, per_client=4, server_pid=pid)
+                )
         for name, runs in seen.items():
             rows.append(max(runs, key=lambda t: t.images_per_s).row(f"{label}, malloc: {name}"))
-    table(f"Memory between requests: 4 clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)
+    table(f"Memory between requests: {clients} clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)
 
 
 def bench_encode(size: int) -> None:
@@ -669,8 +686,14 @@ def main() -> None:
         "--compile", default="", help="GPU table: models (comma list) also timed under torch.compile"
     )
     p.add_argument("--repeat", type=int, default=7, help="GPU table: timed runs per median")
+    p.add_argument(
+        "--gpu-cases",
+        default="",
+        help="GPU table: its cases as model:side,... (default: GPU_CASES); with --device cpu, a quick "
+        "check of the GPU table's code",
+    )
     args = p.parse_args()
-    if args.device != "cpu":
+    if args.device != "cpu" or args.gpu_cases:
         return main_gpu(args)
     sizes = [int(s) for s in args.sizes.split(",")] + ([1024] if args.large else [])
     kinds = args.models.split(",")
@@ -716,7 +739,7 @@ def main() -> None:
         if server is not None:
             bench_lanczos(server, level=1)
             bench_routes(server)
-            bench_allocator(server, work, [path.stem for path in shipped])
+            bench_allocator(server, work, [(path.stem, 256) for path in shipped])
     finally:
         health = probe.stop() if probe else []
         if server is not None:
@@ -756,7 +779,10 @@ def main_gpu(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="upscaler-bench-"))
     nets: dict[str, tuple[ModelDescriptor, torch.nn.Module, Path]] = {}
-    for kind in dict(GPU_CASES):
+    cases = GPU_CASES
+    if args.gpu_cases:
+        cases = [(kind, int(side)) for kind, side in (c.split(":") for c in args.gpu_cases.split(","))]
+    for kind in dict(cases):
         if kind in SHAPES:
             desc = SHAPES[kind]
             net = FAMILIES[desc.family].build(desc).eval()
@@ -767,11 +793,12 @@ def main_gpu(args: argparse.Namespace) -> None:
         nets[kind] = (desc, net, path)
     name = torch.cuda.get_device_name() if device == "cuda" else device
     print(f"torch {torch.__version__}, {name}, {os.cpu_count()} host cores", flush=True)
-    server = Server(work, {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)})
+    env = {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)}
+    server = Server(work, env)
     probe = HealthProbe(server.url)
     rows, stage_rows, load_rows = [], [], []
     try:
-        for kind, size in GPU_CASES:
+        for kind, size in cases:
             desc, net, path = nets[kind]
             img = test_image(size)
             stages, row, load = benchgpu.bench_case(
@@ -792,22 +819,26 @@ def main_gpu(args: argparse.Namespace) -> None:
             stage_rows.append(breakdown_row(f"{kind} {size}² JPEG", stages))
             load_rows.append(load.row(f"{kind} {size}²→{size * desc.scale}² PNG"))
         # SDXL's hires fix at 1.5x through an x2 model: the LANCZOS after the model runs on the device.
-        for kind, size, factor in HIRES_OFF_SCALE:
+        for kind, size, factor in (c for c in HIRES_OFF_SCALE if c[0] in nets):
             data = png(test_image(size))
             fields = {"model": kind, "scale": str(factor), "format": "jpeg"}
             stages = server.breakdown(data, max(3, args.repeat // 2), **fields)
             stage_rows.append(breakdown_row(f"{kind} {size}² x{factor} JPEG", stages))
+        health = np.asarray(probe.stop())
+        table(f"The service on {name} (medians of {args.repeat})", benchgpu.HEAD, rows)
+        breakdown_table("HTTP with JPEG output: where the time went", stage_rows)
+        table(f"{benchgpu.CLIENTS} clients: the server's host CPU per image", THROUGHPUT_HEAD, load_rows)
+        print(
+            f"\n/health during the run: {len(health)} requests, p50 {np.percentile(health, 50):.1f} ms, "
+            f"p99 {np.percentile(health, 99):.1f} ms, max {health.max():.1f} ms"
+        )
+        # The malloc set-up's effect on a GPU host: the hires fix and the shipped models (the x4plus
+        # shape's 2048² and 4096² answers would take this table minutes).
+        on_gpu = [(kind, size) for kind, size in cases if kind != "x4plus"]
+        bench_allocator(server, work, on_gpu, env=env, clients=benchgpu.CLIENTS)
     finally:
-        health = probe.stop()
+        probe.stop()
         server.close()
-    table(f"The service on {name} (medians of {args.repeat})", benchgpu.HEAD, rows)
-    breakdown_table("HTTP with JPEG output: where the time went", stage_rows)
-    table(f"{benchgpu.CLIENTS} clients: the server's host CPU per image", THROUGHPUT_HEAD, load_rows)
-    ms = np.asarray(health)
-    print(
-        f"\n/health during the run: {len(ms)} requests, p50 {np.percentile(ms, 50):.1f} ms, "
-        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
-    )
     bench_resize(device)
     bench_bands()
     bench_decode()
