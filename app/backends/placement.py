@@ -1,7 +1,7 @@
 """Where and how a PyTorch model runs: the device, the precision and the CPU / GPU tile side.
 
-Pure choices from what the machine reports (torch is passed in, never imported here), so they are
-tested without the hardware they choose for.
+Choices from what the machine reports: torch is passed in (never imported here) and the CPU's flags
+are read from a file the caller may name, so the choices are tested without the hardware they are for.
 """
 
 from __future__ import annotations
