@@ -119,6 +119,12 @@ class DecodedImage:
         return self.image
 
 
+def load_plugins() -> None:
+    """Import Pillow's common format plugins (BMP, GIF, JPEG, PPM, PNG) now: Image.open does it on its
+    first call, and that should not be a request's."""
+    Image.preinit()
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
