@@ -67,7 +67,7 @@ def default_tile(device: str, desc: ModelDescriptor, free_bytes: int | None) -> 
     return next((t for t in GPU_TILES if t * t * per_px * 2 < free_bytes / 4), 64)
 
 
-def effective_precision(device: str, precision: str, desc: ModelDescriptor) -> str:
+def effective_precision(precision: str, desc: ModelDescriptor) -> str:
     """The backend's precision, lowered to fp32 where the model's descriptor says it is not safe."""
     if precision == "fp16" and not desc.supports_half:
         return "fp32"

@@ -318,7 +318,7 @@ class PyTorchBackend:
             entry.fallback_reason = WEIGHTS_MISSING
             return
         assert self.device is not None and self.precision is not None
-        precision = effective_precision(self.device, self.precision, desc)
+        precision = effective_precision(self.precision, desc)
         try:
             net = net.eval().requires_grad_(False).to(self.device)
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
