@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.paths import ROOT
+from tests.support.child import run_python
 
 SCRIPT = r"""
 import importlib.abc, json, sys
@@ -39,15 +37,7 @@ print(json.dumps({"health": health, "status": resp.status_code, "headers": dict(
 
 
 def test_no_torch_serves_lanczos_with_library_missing(weights_dir: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(weights_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(run_python(SCRIPT, str(weights_dir)).strip().splitlines()[-1])
     assert out["torch_loaded"] is False
     health = out["health"]
     assert health["status"] == "degraded" and health["realesrgan_available"] is False

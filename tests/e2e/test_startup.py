@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.paths import ROOT
+from tests.support.child import run_python
 
 # A process of its own: in the test run, other tests have long loaded these modules.
 SCRIPT = r"""
@@ -33,11 +31,7 @@ print(json.dumps(seen))
 
 
 def test_startup_loads_what_the_first_request_would(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(run_python(SCRIPT, str(tmp_path)).strip().splitlines()[-1])
     assert seen["before"] == {"anyio_backend": False, "pillow_plugins": 0}, "loaded before start-up already"
     assert seen["after"]["anyio_backend"], "anyio's asyncio backend is left to the first request"
     assert seen["after"]["pillow_plugins"] >= 1, "Pillow's format plugins are left to the first Image.open"

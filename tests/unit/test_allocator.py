@@ -3,13 +3,10 @@ fresh pages, counted by the kernel (getrusage's minor faults) in a child process
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from app import allocator
-from tests.support.paths import ROOT
+from tests.support.child import run_python
 
 GLIBC = allocator.why_not({}) is None
 
@@ -39,22 +36,9 @@ print(*out)
 PAGES = {"image": 10 * (6 + 2) * 256, "activations": 10 * (96 + 32) * 256}  # 4 KiB pages allocated
 
 
-def in_child(script: str, *args: str) -> list[str]:
-    """What `script` printed, run in a Python process of its own (malloc's settings are process-wide)."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.split()
-
-
 def faults_in_child(mode: str) -> dict[str, int]:
     """Page faults of the rounds in a child with malloc set up as `mode` says, per kind of buffer."""
-    return dict(zip(PAGES, map(int, in_child(ROUNDS, mode)), strict=True))
+    return dict(zip(PAGES, map(int, run_python(ROUNDS, mode, timeout=60).split()), strict=True))
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc's settings are glibc's (this C library is not)")
@@ -86,7 +70,7 @@ print(kept, rss_mib() - base, given_back)
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's (this C library is not)")
 def test_give_back_returns_what_the_heaps_kept() -> None:
-    kept, after, given_back = in_child(KEPT)
+    kept, after, given_back = run_python(KEPT, timeout=60).split()
     assert int(kept) >= 180, "freed blocks went back to the kernel at once: nothing to reuse"
     assert given_back == "True" and int(after) < 20
 
