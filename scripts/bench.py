@@ -55,7 +55,7 @@ from app.engine import run_model  # noqa: E402
 from app.models import compact, rrdbnet  # noqa: E402
 from app.models.architectures import load_file  # noqa: E402
 from app.models.descriptor import ModelDescriptor  # noqa: E402
-from scripts.clients import THROUGHPUT_HEAD, Throughput, run_clients  # noqa: E402
+from scripts.clients import THROUGHPUT_HEAD, Throughput, run_clients, server_timing  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 from scripts.rss import PeakRSS, ProcStat, proc_stat  # noqa: E402
 
@@ -188,10 +188,7 @@ def stages_ms(resp: Any, client_s: float) -> dict[str, float]:
     service's stages from its Server-Timing header."""
     client_ms = client_s * 1000
     stages = {"client": client_ms, "outside": client_ms - float(resp.headers["x-processing-ms"])}
-    for entry in resp.headers["server-timing"].split(","):
-        stage, _, ms = entry.strip().partition(";dur=")
-        stages[stage] = float(ms)
-    return stages
+    return stages | server_timing(resp.headers["server-timing"])
 
 
 def breakdown_row(label: str, ms: dict[str, float]) -> list[str]:

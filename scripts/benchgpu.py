@@ -39,6 +39,7 @@ from app.models.descriptor import ModelDescriptor
 from scripts.clients import Throughput, run_clients
 
 CLIENTS = 8
+LOAD_S = 2.0  # the clients' timed span, about: enough images that the start and end are a small part
 
 
 def sync(device: str) -> None:
@@ -145,9 +146,16 @@ def bench_case(
     )
     stages = server.breakdown(png_data, max(3, repeat // 2), model=name, scale=str(scale), format="jpeg")
     fields = {"model": name, "scale": str(scale), "format": "png"}
-    load = run_clients(f"{server.url}/upscale", png_data, fields, clients=CLIENTS, server_pid=server.proc.pid)
-    ips = load.images_per_s
     limit_ips = 1.0 / t_limit
+    load = run_clients(
+        f"{server.url}/upscale",
+        png_data,
+        fields,
+        clients=CLIENTS,
+        per_client=max(4, round(LOAD_S * limit_ips / CLIENTS)),
+        server_pid=server.proc.pid,
+    )
+    ips = load.images_per_s
     gflop = 2 * desc.macs_per_pixel * size * size / 1e9
     return (
         stages,

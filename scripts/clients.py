@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -30,6 +30,9 @@ class Throughput:
     images_per_s: float
     server_cpu_ms: float | None = None
     event_loop_ms: float | None = None
+    # The service's stages (its Server-Timing header), mean ms per timed request: where a request
+    # waited under load (`queue`: for the device) and how long each step took beside the others.
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def event_loop_busy(self) -> float | None:
@@ -53,8 +56,11 @@ class Throughput:
             fmt(self.busy_cores, ".1f"),
             fmt(self.event_loop_ms, ".2f"),
             fmt(self.event_loop_busy, ".0%"),
+            *(fmt(self.stages_ms.get(stage), ".1f") for stage in LOAD_STAGES),
         ]
 
+
+LOAD_STAGES = ("decode", "queue", "model", "encode")
 
 THROUGHPUT_HEAD = [
     "case",
@@ -63,7 +69,18 @@ THROUGHPUT_HEAD = [
     "cores busy",
     "event loop ms per image",
     "event loop busy",
+    *(f"{stage} ms" for stage in LOAD_STAGES),
 ]
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`a;dur=1.5, b;dur=2` -> {"a": 1.5, "b": 2.0}."""
+    stages = {}
+    for entry in header.split(","):
+        stage, _, ms = entry.strip().partition(";dur=")
+        if ms:
+            stages[stage] = float(ms)
+    return stages
 
 
 def _client(
@@ -73,18 +90,21 @@ def _client(
 
     with httpx.Client(timeout=300) as client:
 
-        def one() -> None:
+        def one() -> dict[str, float]:
             resp = client.post(url, files={"image": ("in.png", image, "image/png")}, data=fields)
             if resp.status_code != 200:
                 raise RuntimeError(f"{resp.status_code}: {resp.text[:300]}")
+            return server_timing(resp.headers.get("server-timing", ""))
 
         one()  # the connection and the process warm, untimed
         ready.put(True)
         go.wait()  # every client is ready: the clock starts
         t0 = time.perf_counter()
+        totals: dict[str, float] = {}
         for _ in range(count):
-            one()
-        out.put((t0, time.perf_counter()))
+            for stage, ms in one().items():
+                totals[stage] = totals.get(stage, 0.0) + ms
+        out.put((t0, time.perf_counter(), totals))
 
 
 def _collect(box: Any, count: int, procs: Sequence[BaseProcess], deadline: float, what: str) -> list[Any]:
@@ -145,10 +165,16 @@ def run_clients(
             if p.is_alive():
                 p.kill()
     images = clients * per_client
-    first = min(t0 for t0, _ in spans)
-    last = max(t1 for _, t1 in spans)
+    first = min(t0 for t0, _, _ in spans)
+    last = max(t1 for _, t1, _ in spans)
+    stages: dict[str, float] = {}
+    for _, _, totals in spans:
+        for stage, ms in totals.items():
+            stages[stage] = stages.get(stage, 0.0) + ms / images
 
     def per_image_ms(before: float | None, after: float | None) -> float | None:
         return None if before is None or after is None else (after - before) * 1000 / images
 
-    return Throughput(images / (last - first), per_image_ms(cpu0[0], cpu1[0]), per_image_ms(cpu0[1], cpu1[1]))
+    return Throughput(
+        images / (last - first), per_image_ms(cpu0[0], cpu1[0]), per_image_ms(cpu0[1], cpu1[1]), stages
+    )
