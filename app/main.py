@@ -60,7 +60,12 @@ def build_state(
     if backends is None:
         backends = {
             "pytorch": PyTorchBackend(
-                settings.device, settings.precision, settings.tile, settings.threads, settings.compile
+                settings.device,
+                settings.precision,
+                settings.tile,
+                settings.threads,
+                settings.compile,
+                settings.cuda_graphs,
             ),
             "coreml": CoreMLBackend(settings.coreml_compute_units, settings.tile_pad),
         }

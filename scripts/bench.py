@@ -455,10 +455,16 @@ def one_client(
 
 
 def at_once(
-    servers: dict[str, Server], posts: list[tuple[str, bytes, dict[str, str]]], rounds: int, clients: int
+    servers: dict[str, Server],
+    posts: list[tuple[str, bytes, dict[str, str]]],
+    rounds: int,
+    clients: int,
+    title: str = "Memory between requests",
+    kind: str = "malloc",
+    per_client: int = 4,
 ) -> None:
     """Each /upscale case from `clients` clients at once (each its own process), `rounds` turns per
-    server."""
+    server; the best turn of each server, labelled `kind: name`."""
     rows = []
     for label, data, fields in posts:
         seen: dict[str, list[Throughput]] = {name: [] for name in servers}
@@ -466,11 +472,11 @@ def at_once(
             for name, srv in servers.items():
                 url, pid = f"{srv.url}/upscale", srv.proc.pid
                 seen[name].append(
-                    run_clients(url, data, fields, clients=clients, per_client=4, server_pid=pid)
+                    run_clients(url, data, fields, clients=clients, per_client=per_client, server_pid=pid)
                 )
         for name, runs in seen.items():
-            rows.append(max(runs, key=lambda t: t.images_per_s).row(f"{label}, malloc: {name}"))
-    table(f"Memory between requests: {clients} clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)
+            rows.append(max(runs, key=lambda t: t.images_per_s).row(f"{label}, {kind}: {name}"))
+    table(f"{title}: {clients} clients at once, the best of {rounds}", THROUGHPUT_HEAD, rows)
 
 
 def bench_encode(size: int) -> None:
@@ -790,7 +796,7 @@ def main_gpu(args: argparse.Namespace) -> None:
         nets[kind] = (desc, net, path)
     name = torch.cuda.get_device_name() if device == "cuda" else device
     print(f"torch {torch.__version__}, {name}, {os.cpu_count()} host cores", flush=True)
-    env = {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26)}
+    env = {"UPSCALER_DEVICE": device, "UPSCALER_MAX_OUTPUT_PIXELS": str(1 << 26), "UPSCALER_CUDA_GRAPHS": "0"}
     server = Server(work, env)
     probe = HealthProbe(server.url)
     rows, stage_rows, load_rows = [], [], []
@@ -829,10 +835,10 @@ def main_gpu(args: argparse.Namespace) -> None:
             f"\n/health during the run: {len(health)} requests, p50 {np.percentile(health, 50):.1f} ms, "
             f"p99 {np.percentile(health, 99):.1f} ms, max {health.max():.1f} ms"
         )
-        # The malloc set-up's effect on a GPU host: the hires fix and the shipped models (the x4plus
-        # shape's 2048² and 4096² answers would take this table minutes).
-        on_gpu = [(kind, size) for kind, size in cases if kind != "x4plus"]
-        bench_allocator(server, work, on_gpu, env=env, clients=benchgpu.CLIENTS)
+        # UPSCALER_CUDA_GRAPHS beside the default (CUDA only; elsewhere the two servers are the same):
+        # the hires fix and the shipped models (the x4plus shape's large answers would take minutes).
+        on_gpu = [(kind, size, nets[kind][0].scale) for kind, size in cases if kind != "x4plus"]
+        benchgpu.bench_graphs(server, work, on_gpu, env)
     finally:
         probe.stop()
         server.close()

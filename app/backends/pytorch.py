@@ -24,6 +24,7 @@ from app.backends.base import (
     ModelEntry,
     one_line,
 )
+from app.backends.cuda_graphs import GraphCache
 from app.backends.placement import (
     DTYPES,
     cpu_has_native_bf16,
@@ -45,6 +46,9 @@ SUFFIXES = (".safetensors", ".pth", ".pt", ".param")
 # model's own tile choice takes a quarter; two requests run at once on separate streams).
 BATCH_MEMORY_SHARE = 0.25
 MAX_WINDOW_BATCH = 8
+# CUDA graphs (cuda_graphs.py) for windows whose activations fit this (and a 16th of the GPU's memory);
+# all of one thread's graphs together keep at most an 8th of it.
+GRAPH_BYTES = 2 << 30
 
 
 class TorchRunner:
@@ -52,7 +56,14 @@ class TorchRunner:
     calling thread gets its own stream, so one request's copies overlap another's compute)."""
 
     def __init__(
-        self, torch: Any, net: Any, desc: ModelDescriptor, device: str, precision: str, tile: int
+        self,
+        torch: Any,
+        net: Any,
+        desc: ModelDescriptor,
+        device: str,
+        precision: str,
+        tile: int,
+        graphs: bool = False,
     ) -> None:
         self.torch = torch
         self.net = net
@@ -70,6 +81,18 @@ class TorchRunner:
         # quantised, 0.21-0.22 s against 0.62-0.84 s on 2 cores).
         self.resize_on_device = device != "cpu"
         self._local = threading.local()
+        # With UPSCALER_CUDA_GRAPHS on CUDA, repeated window shapes replay a captured graph
+        # (cuda_graphs.py): one launch where the eager forward is hundreds, each taking the GIL again.
+        self.graphs: GraphCache | None = None
+        if graphs and device == "cuda":
+            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            self.graphs = GraphCache(
+                torch,
+                lambda x: self.net(x),
+                lambda x: self._activation_bytes(x.shape[0] * x.shape[2] * x.shape[3]),
+                graph_bytes=min(GRAPH_BYTES, total // 16),
+                thread_bytes=total // 8,
+            )
 
     def _pad(self, x: Any, h: int, w: int) -> Any:
         """Pad (bottom / right) up to the model's size multiple, minimum and squareness."""
@@ -99,9 +122,11 @@ class TorchRunner:
         x = self._pad(x, h, w).contiguous(memory_format=torch.channels_last)
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-                y = self.net(x)
+                y = self.net(x) if self.graphs is None else self.graphs(x)
         except Exception as exc:
             if is_oom(exc):
+                if self.graphs is not None:
+                    self.graphs.clear()
                 release_cached(torch, self.device)
             raise
         y = y[:, :, : h * s, : w * s].float().clamp_(0.0, 1.0)
@@ -168,10 +193,13 @@ class TorchRunner:
         MAX_WINDOW_BATCH); one on CPU, where a batch runs no faster than its windows one by one."""
         if self.device != "cuda":
             return 1
-        per_window = plan.win_h * plan.win_w * max(1, self.descriptor.activations_per_pixel)
-        per_window *= self.dtype.itemsize
+        per_window = self._activation_bytes(plan.win_h * plan.win_w)
         free = self.torch.cuda.mem_get_info()[0]
         return max(1, min(MAX_WINDOW_BATCH, len(plan.windows), int(free * BATCH_MEMORY_SHARE // per_window)))
+
+    def _activation_bytes(self, pixels: int) -> int:
+        """The model's activations for `pixels` input pixels, estimated from its descriptor."""
+        return pixels * max(1, self.descriptor.activations_per_pixel) * self.dtype.itemsize
 
     # -- the two entry points -------------------------------------------------------------------------
     def run(self, tile: np.ndarray) -> np.ndarray:
@@ -242,6 +270,7 @@ class TorchRunner:
         Inductor's own cache (TORCHINDUCTOR_CACHE_DIR) makes a restart's compile much shorter."""
         torch = self.torch
         t0 = time.perf_counter()
+        self.graphs = None  # Inductor's graph replaces the eager one
         self.net = torch.compile(self.net, dynamic=True)
         d, m = self.descriptor, self.size_multiple
         with torch.inference_mode(), self._stream():
@@ -264,11 +293,13 @@ class PyTorchBackend:
         tile: int | None = None,
         threads: int = 0,
         compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.requested_device = device
         self.requested_precision = precision
         self.tile = tile
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         self.threads = threads
         self.torch: Any = None
         self.version: str | None = None
@@ -326,7 +357,7 @@ class PyTorchBackend:
                 net = net.to(getattr(torch, DTYPES[precision]))
             free = torch.cuda.mem_get_info()[0] if self.device == "cuda" else None
             tile = self.tile if self.tile is not None else default_tile(self.device, desc, free)
-            runner = TorchRunner(torch, net, desc, self.device, precision, tile)
+            runner = TorchRunner(torch, net, desc, self.device, precision, tile, self.cuda_graphs)
             side = max(16, desc.size_minimum)
             runner.run(np.zeros((side, side, desc.in_ch), np.uint8))  # warm-up: one tiny real forward
         except Exception as exc:  # a model that cannot even run a 16x16 tile must not stop start-up
@@ -339,7 +370,7 @@ class PyTorchBackend:
                 entry.meta["compiled"] = f"torch.compile, {seconds:.0f} s at start-up"
                 log.info("compiled %s in %.1f s", entry.name, seconds)
             except Exception as exc:  # the eager net still serves
-                runner.net = net
+                runner.net, runner.graphs = net, None
                 entry.meta["compiled"] = f"no: {one_line(exc)}"
                 log.warning(
                     "torch.compile failed for %s, serving it uncompiled: %s", entry.name, one_line(exc)

@@ -26,9 +26,9 @@ pytestmark = [
 ]
 
 
-def served(path: Path, device: str, precision: str) -> ModelEntry:
+def served(path: Path, device: str, precision: str, cuda_graphs: bool = False) -> ModelEntry:
     entry = ModelEntry(path.stem, "pytorch", path)
-    PyTorchBackend(device, precision).load(entry)
+    PyTorchBackend(device, precision, cuda_graphs=cuda_graphs).load(entry)
     assert entry.runner is not None, entry.reason
     return entry
 
@@ -116,3 +116,71 @@ def test_device_resizes_to_a_size_off_the_models_scale_like_the_cpu(tmp_path: Pa
     got = run_model(img, served(path, str(DEVICE), "fp32").runner, 1.5, **kwargs)  # type: ignore[arg-type]
     assert got.dtype == expected.dtype == np.uint8 and got.shape == expected.shape == (120, 144, 3)
     assert psnr_unit(got / 255.0, expected / 255.0) >= 45.0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
+def test_cuda_graphs_replay_the_eager_forward(tmp_path: Path) -> None:
+    path = write_checkpoint(tiny_state_dict(2, seed=7, num_block=2), tmp_path / "r", "safetensors")
+    img, other = textured(96, 80), textured(96, 80)[::-1].copy()
+    eager = served(path, "cuda", "fp16")
+    graphed = served(path, "cuda", "fp16", cuda_graphs=True)
+    graphs = graphed.runner.graphs  # type: ignore[union-attr]
+    assert graphs is not None and eager.runner.graphs is None  # type: ignore[union-attr]
+    for picture in (img, img, other, img):  # eager, captured, replayed with new pixels, replayed
+        want = run_model(picture, eager.runner, 2.0, tile=48, pad=8)  # type: ignore[arg-type]
+        got = run_model(picture, graphed.runner, 2.0, tile=48, pad=8)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, want, atol=1e-3)
+    assert graphs.captured >= 1 and graphs.held() >= 1 and graphs.broken is None
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
+def test_cuda_graphs_of_two_threads_do_not_mix(tmp_path: Path) -> None:
+    # As in the service: two device threads, and the outputs (views of pinned host buffers) freed by
+    # a third thread while the device threads capture and replay.
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write_checkpoint(tiny_state_dict(2, seed=8, num_block=2), tmp_path / "r", "safetensors")
+    runner = served(path, "cuda", "fp32", cuda_graphs=True).runner
+    pictures = [textured(128, 128), textured(128, 128)[:, ::-1].copy()]
+    want = [run_model(p, served(path, "cpu", "fp32").runner, 2.0, tile=0) for p in pictures]  # type: ignore[arg-type]
+    outputs: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue()
+    worst: list[float] = []
+
+    def check() -> None:
+        while (item := outputs.get()) is not None:
+            i, got = item
+            worst.append(float(np.abs(got - want[i]).max()))
+            del item, got  # the pinned buffer goes here, on this thread
+
+    def serve(i: int) -> None:
+        for _ in range(6):
+            outputs.put((i, run_model(pictures[i], runner, 2.0, tile=0)))  # type: ignore[arg-type]
+
+    checker = threading.Thread(target=check)
+    checker.start()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(serve, [0, 1, 0, 1]))
+    outputs.put(None)
+    checker.join()
+    assert len(worst) == 24 and max(worst) <= 1e-3
+    graphs = runner.graphs  # type: ignore[union-attr]
+    assert graphs is not None and graphs.broken is None and graphs.captured >= 2
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
+def test_a_net_that_cannot_be_captured_runs_eagerly() -> None:
+    from app.backends.cuda_graphs import GraphCache
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.abs().max().item())  # a host sync: capture fails
+
+    graphs = GraphCache(torch, net, lambda x: 0, graph_bytes=1 << 30, thread_bytes=1 << 30)
+    x = torch.rand(1, 3, 8, 8, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        results = [graphs(x) for _ in range(3)]
+    assert graphs.broken is not None and graphs.captured == 0
+    for y in results:
+        torch.testing.assert_close(y, net(x))
