@@ -842,6 +842,10 @@ def main_gpu(args: argparse.Namespace) -> None:
     finally:
         probe.stop()
         server.close()
+    # The same in-process, for the shipped models (the Real-ESRGAN shapes' thousand or so launches a
+    # forward would make the busy-Python column take minutes eager).
+    shipped = [(kind, nets[kind][2], size) for kind, size in cases if kind not in SHAPES]
+    benchgpu.bench_graphs_in_process(shipped, device)
     bench_resize(device)
     bench_bands()
     bench_decode()

@@ -16,16 +16,21 @@ Columns per case (model shape, input size):
 A second table splits the HTTP JPEG request: the service's stages from its Server-Timing header, and
 what lies outside its processing time (transfer, HTTP parsing and the response, on both ends). A third
 shows the server's host CPU per image while the 8 clients ran: all its threads, and its event loop's
-thread alone (every request passes through it: at 100% busy it is the bound, not the GPU).
+thread alone (every request passes through it: at 100% busy it is the bound, not the GPU), and the
+mean of each of the service's stages meanwhile. Then UPSCALER_CUDA_GRAPHS off against on: 8 clients
+against two servers in turn, and the engine in-process beside a thread running Python.
 Seconds are medians after a warm-up. Nothing is asserted: it prints what it measured.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +214,75 @@ def bench_graphs(server: Any, work: Path, models: list[tuple[str, int, int]], en
         return
     failed = [line for line in (work / f"{name}.log").read_text().splitlines() if "CUDA graphs off" in line]
     print("\n".join(failed) if failed else "No capture failed (no model fell back to eager).")
+
+
+def _busy_python(stop: threading.Event, share: float) -> None:
+    """Run pure Python (holding the GIL) 1 ms at a time, `share` of the wall time, until `stop`."""
+    while not stop.is_set():
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass
+        if share < 1.0:
+            time.sleep(0.001 * (1.0 - share) / share)
+
+
+def images_per_s(
+    fn: Callable[[], object], pool: ThreadPoolExecutor, threads: int, busy: float, count: int
+) -> float:
+    """`threads` of `pool`'s threads each run `fn` `count` times at once, beside a thread running
+    Python `busy` of the time (none at 0); images per second."""
+    stop = threading.Event()
+    spinner = threading.Thread(target=_busy_python, args=(stop, busy)) if busy else None
+    gate = threading.Barrier(threads)
+
+    def work() -> None:
+        gate.wait()
+        for _ in range(count):
+            fn()
+
+    if spinner is not None:
+        spinner.start()
+    t0 = time.perf_counter()
+    try:
+        for job in [pool.submit(work) for _ in range(threads)]:
+            job.result()
+    finally:
+        stop.set()
+        if spinner is not None:
+            spinner.join()
+    return threads * count / (time.perf_counter() - t0)
+
+
+GIL_LOADS = ((1, 0.0), (2, 0.0), (2, 0.33), (2, 1.0))  # (device threads, share of a Python thread)
+
+
+def bench_graphs_in_process(models: list[tuple[str, Path, int]], device: str) -> None:
+    """The engine in-process with UPSCALER_CUDA_GRAPHS off and on, for each (name, weights, input
+    side): images/s from one and two threads (the service's two device threads, kept throughout, as
+    graphs are per thread), alone and beside a thread running Python a third of the time and all of
+    it (what the GIL costs an eager forward's launches)."""
+    from scripts.bench import table, test_image
+
+    rows = []
+    for name, weights, side in models:
+        img = np.asarray(test_image(side))
+        for graphs in (False, True):
+            entry = ModelEntry(name, "pytorch", weights)
+            PyTorchBackend(device=device, cuda_graphs=graphs).load(entry)
+            runner = entry.runner
+            assert runner is not None, entry.reason
+
+            one = functools.partial(run_model, img, runner, float(runner.scale), bit_depth=8)
+
+            with ThreadPoolExecutor(2) as pool:
+                images_per_s(one, pool, 2, 0.0, 3)  # each thread's first use, and its capture
+                rates = [images_per_s(one, pool, n, busy, 20 if busy < 1 else 2) for n, busy in GIL_LOADS]
+            rows.append([f"{name} {side}²", "on" if graphs else "off", *(f"{r:.1f}" for r in rates)])
+            del entry, runner
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    head = ["case", "CUDA graphs"]
+    head += [
+        f"{n} thread{'s' * (n > 1)}" + (f" + Python {busy:.0%} busy" if busy else "") for n, busy in GIL_LOADS
+    ]
+    table(f"The engine in-process, images/s ({device})", head, rows)
