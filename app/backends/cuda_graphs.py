@@ -93,6 +93,7 @@ class GraphCache:
         self.graph_bytes = graph_bytes
         self.thread_bytes = thread_bytes
         self.broken: str | None = None
+        self.on_broken: Callable[[str], None] | None = None  # told the reason, once (/health's meta)
         self.captured = 0  # graphs captured, over all threads (for tests and logs)
         self._local = threading.local()
         self._capture_lock = threading.Lock()
@@ -152,6 +153,8 @@ class GraphCache:
                 return None
             self.broken = one_line(exc)
             log.warning("CUDA graphs off for this model, it runs eagerly: %s", self.broken)
+            if self.on_broken is not None:
+                self.on_broken(self.broken)
             return None
         entry = state.graphs[key] = _Graph(graph, static_in, static_out, nbytes)
         state.nbytes += nbytes

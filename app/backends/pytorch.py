@@ -375,4 +375,7 @@ class PyTorchBackend:
                 log.warning(
                     "torch.compile failed for %s, serving it uncompiled: %s", entry.name, one_line(exc)
                 )
+        if runner.graphs is not None:
+            entry.meta["cuda_graphs"] = "on: each window shape captured on its second use"
+            runner.graphs.on_broken = lambda why: entry.meta.update(cuda_graphs=f"off (runs eagerly): {why}")
         entry.runner = runner

@@ -131,6 +131,7 @@ def test_cuda_graphs_replay_the_eager_forward(tmp_path: Path) -> None:
         got = run_model(picture, graphed.runner, 2.0, tile=48, pad=8)  # type: ignore[arg-type]
         np.testing.assert_allclose(got, want, atol=1e-3)
     assert graphs.captured >= 1 and graphs.held() >= 1 and graphs.broken is None
+    assert graphed.meta["cuda_graphs"].startswith("on") and "cuda_graphs" not in eager.meta
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -132,9 +133,12 @@ def test_a_window_larger_than_a_graph_may_be_stays_eager() -> None:
 
 def test_a_net_that_cannot_be_captured_runs_eagerly_from_then_on(caplog: pytest.LogCaptureFixture) -> None:
     cache, net, _ = make(fail=RuntimeError("operation not permitted when stream is capturing"))
+    told: list[str] = []
+    cache.on_broken = told.append
     results = [cache(x_of(8, v)) for v in (1.0, 2.0, 3.0)]
     assert [float(r.max()) for r in results] == [3.0, 5.0, 7.0]
     assert cache.broken is not None and "not permitted" in cache.broken
+    assert told == [cache.broken]
     assert len(net.eager) == 3 and cache.captured == 0
     assert sum("CUDA graphs off" in r.getMessage() for r in caplog.records) == 1
 
@@ -169,3 +173,15 @@ def test_a_thread_never_replays_another_threads_graph() -> None:
     thread.join()
     assert seen == [15.0, 0]  # its first use of the shape: eager, nothing of its own yet
     assert net.eager == [(1, 3, 8, 8), (1, 3, 8, 8)] and cache.held() == 1
+
+
+def test_the_setting_changes_nothing_off_cuda(tmp_path: Path) -> None:
+    from app.backends.base import ModelEntry
+    from app.backends.pytorch import PyTorchBackend
+    from tests.support.checkpoints import tiny_state_dict, write_checkpoint
+
+    path = write_checkpoint(tiny_state_dict(2, seed=1), tmp_path / "r", "safetensors")
+    entry = ModelEntry(path.stem, "pytorch", path)
+    PyTorchBackend("cpu", "fp32", cuda_graphs=True).load(entry)
+    assert entry.runner is not None and entry.runner.graphs is None  # type: ignore[attr-defined]
+    assert "cuda_graphs" not in entry.meta
