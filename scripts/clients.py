@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -100,10 +101,9 @@ def _client(
         ready.put(True)
         go.wait()  # every client is ready: the clock starts
         t0 = time.perf_counter()
-        totals: dict[str, float] = {}
+        totals: Counter[str] = Counter()
         for _ in range(count):
-            for stage, ms in one().items():
-                totals[stage] = totals.get(stage, 0.0) + ms
+            totals.update(one())
         out.put((t0, time.perf_counter(), totals))
 
 
@@ -167,10 +167,10 @@ def run_clients(
     images = clients * per_client
     first = min(t0 for t0, _, _ in spans)
     last = max(t1 for _, t1, _ in spans)
-    stages: dict[str, float] = {}
-    for _, _, totals in spans:
-        for stage, ms in totals.items():
-            stages[stage] = stages.get(stage, 0.0) + ms / images
+    totals: Counter[str] = Counter()
+    for _, _, sums in spans:
+        totals.update(sums)
+    stages = {stage: ms / images for stage, ms in totals.items()}
 
     def per_image_ms(before: float | None, after: float | None) -> float | None:
         return None if before is None or after is None else (after - before) * 1000 / images

@@ -72,7 +72,10 @@ class _Graph:
 class _ThreadGraphs:
     graphs: OrderedDict[tuple[Any, ...], _Graph] = field(default_factory=OrderedDict)
     seen: OrderedDict[tuple[Any, ...], int] = field(default_factory=OrderedDict)
-    nbytes: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(graph.nbytes for graph in self.graphs.values())
 
 
 class GraphCache:
@@ -94,7 +97,7 @@ class GraphCache:
         self.thread_bytes = thread_bytes
         self.broken: str | None = None
         self.on_broken: Callable[[str], None] | None = None  # told the reason, once (/health's meta)
-        self.captured = 0  # graphs captured, over all threads (for tests and logs)
+        self.captured = 0  # graphs captured, over all threads
         self._local = threading.local()
         self._capture_lock = threading.Lock()
 
@@ -138,7 +141,7 @@ class GraphCache:
         if state.nbytes + nbytes > self.thread_bytes:
             torch.cuda.current_stream().synchronize()  # their last replays are done before the pools go
             while state.graphs and state.nbytes + nbytes > self.thread_bytes:
-                state.nbytes -= state.graphs.popitem(last=False)[1].nbytes
+                state.graphs.popitem(last=False)
         static_in = x.clone()
         graph = torch.cuda.CUDAGraph()
         try:
@@ -157,7 +160,6 @@ class GraphCache:
                 self.on_broken(self.broken)
             return None
         entry = state.graphs[key] = _Graph(graph, static_in, static_out, nbytes)
-        state.nbytes += nbytes
         self.captured += 1
         return entry
 
@@ -167,7 +169,6 @@ class GraphCache:
         if state.graphs:
             self.torch.cuda.current_stream().synchronize()
         state.graphs.clear()
-        state.nbytes = 0
 
     def held(self) -> int:
         """This thread's graphs."""
