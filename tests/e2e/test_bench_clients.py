@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,26 @@ def test_clients_in_processes_count_every_image_and_read_the_server_cpu(server: 
 def test_a_failing_client_is_reported(server: LocalServer) -> None:
     with pytest.raises(RuntimeError, match="client failed"):
         run_clients(f"{server.url}/upscale", PNG, {"scale": "99"}, clients=2, per_client=1, timeout_s=60)
+
+
+def test_spawned_clients_do_not_run_the_calling_script_again(tmp_path: Path) -> None:
+    """A script's top level (bench.py's: torch and the service) runs once, not once more per client."""
+    marks = tmp_path / "marks"
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        f"with open({str(marks)!r}, 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+        "from scripts.clients import _bare_main\n"
+        "if __name__ == '__main__':\n"
+        "    with _bare_main():\n"
+        "        child = mp.get_context('spawn').Process(target=print, args=('child ran',))\n"
+        "        child.start()\n"
+        "    child.join()\n"
+        "    sys.exit(child.exitcode)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "child ran" in run.stdout
+    assert len(marks.read_text().split()) == 1
