@@ -195,24 +195,24 @@ HEAD = [
 
 
 def bench_graphs(server: Any, work: Path, models: list[tuple[str, int, int]], env: dict[str, str]) -> None:
-    """8 clients of each (model, input side, scale) in `models` against `server` and against the same
-    service with UPSCALER_CUDA_GRAPHS=1, in turn; says whether a model's capture failed there."""
+    """8 clients of each (model, input side, scale) in `models` against `server` (the default: CUDA
+    graphs on) and against the same service with UPSCALER_CUDA_GRAPHS=false, in turn; says whether a
+    model's capture failed in `server` (its log: the `server.log` of `work`)."""
     from scripts.bench import Server, at_once, png, test_image
 
-    name = "server-cuda-graphs"
-    other = Server(work, {**env, "UPSCALER_CUDA_GRAPHS": "1"}, name=name)
+    other = Server(work, {**env, "UPSCALER_CUDA_GRAPHS": "false"}, name="server-eager")
     posts = [
         (f"{model} {side}²→{side * scale}² PNG", png(test_image(side)), {"model": model, "scale": str(scale)})
         for model, side, scale in models
     ]
     try:
-        at_once({"off": server, "on": other}, posts, 2, CLIENTS, "CUDA graphs", "CUDA graphs", per_client=12)
+        at_once({"off": other, "on": server}, posts, 2, CLIENTS, "CUDA graphs", "CUDA graphs", per_client=12)
     finally:
         other.close()
     if env.get("UPSCALER_DEVICE") != "cuda":
         print("Not on CUDA: the two servers ran the same eager forwards.")
         return
-    failed = [line for line in (work / f"{name}.log").read_text().splitlines() if "CUDA graphs off" in line]
+    failed = [line for line in (work / "server.log").read_text().splitlines() if "CUDA graphs off" in line]
     print("\n".join(failed) if failed else "No capture failed (no model fell back to eager).")
 
 
