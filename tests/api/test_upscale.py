@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -218,6 +219,26 @@ def test_upscale_payload_too_large(make_client: ClientFactory) -> None:
     assert_error(
         client.post("/upscale", content=big, headers={"Content-Type": "image/png"}), 413, "payload_too_large"
     )
+
+
+def test_upscale_multipart_over_a_megabyte_stays_in_memory(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette spools a file part past 1 MB to a temporary file (each chunk's write then hops to a
+    worker thread); under the upload limit it stays in memory here."""
+    rolled: list[int] = []
+    real = tempfile.SpooledTemporaryFile.rollover
+
+    def rollover(self: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        rolled.append(1)
+        real(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", rollover)
+    big = png_bytes(Image.effect_noise((800, 800), 60).convert("RGB"))
+    assert len(big) > 1 << 20
+    resp = post(client, data=big, model="lanczos", scale="1.25")
+    assert resp.status_code == 200, resp.text
+    assert rolled == []
 
 
 def test_upscale_api_key(make_client: ClientFactory, weights_dir: Path) -> None:
