@@ -21,8 +21,9 @@ latency while the benchmark ran, the same requests (and the shipped models') aga
 with glibc's default malloc settings (page faults and CPU per request: app/allocator.py), the LANCZOS
 of a model's output to a size off its scale (host Pillow against the device resize), an upload's
 LANCZOS in bands on every core against Pillow's on one, upload decode times against Pillow's (alone
-and beside a busy thread), and output encode times per format. With --device cuda, the GPU table, then
-the same malloc comparison on the GPU host (the hires fix and the shipped models at 1024², 8 clients).
+and beside a busy thread), and output encode times per format. With --device cuda, the GPU table
+(scripts/benchgpu.py: the service, then CUDA graphs off against on), then the LANCZOS, decode and
+encode tables on the GPU host.
 Nothing here is asserted: it prints what it measured.
 """
 
@@ -393,20 +394,13 @@ def bench_routes(server: Server, size: int = 768, runs: int = 20) -> None:
 GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
 
 
-def bench_allocator(
-    server: Server,
-    work: Path,
-    models: list[tuple[str, int]],
-    env: dict[str, str] | None = None,
-    clients: int = 4,
-) -> None:
+def bench_allocator(server: Server, work: Path, models: list[tuple[str, int]]) -> None:
     """Requests through the service beside the same service with glibc's default malloc settings
     (app/allocator.py): LANCZOS, then each (model, input side) of `models` (on CPU the shipped ones at
     256²: the others take seconds a request). First in a row from one client, with the server's page
-    faults and CPU per request; then (/upscale) from `clients` clients at once. The second server
-    gets `env` (the first one's settings) too. The two servers take turns, as a machine's speed
-    wanders."""
-    other = Server(work, {**(env or {}), **GLIBC_DEFAULTS}, name="server-glibc-defaults")
+    faults and CPU per request; then (/upscale) from 4 clients at once. The two servers take turns,
+    as a machine's speed wanders."""
+    other = Server(work, GLIBC_DEFAULTS, name="server-glibc-defaults")
     servers = {"glibc's defaults": other, "the service's": server}
     hires, large = (png(test_image(size), 1) for size in (768, 1024))
     lanczos = [
@@ -425,7 +419,7 @@ def bench_allocator(
     sends += [generate] + [(label, posting(data, fields)) for label, data, fields in neural]
     try:
         one_client(servers, sends, rounds=3, runs=6)
-        at_once(servers, lanczos + neural, rounds=2, clients=clients)
+        at_once(servers, lanczos + neural, rounds=2, clients=4)
     finally:
         other.close()
 
@@ -835,9 +829,9 @@ def main_gpu(args: argparse.Namespace) -> None:
             f"\n/health during the run: {len(health)} requests, p50 {np.percentile(health, 50):.1f} ms, "
             f"p99 {np.percentile(health, 99):.1f} ms, max {health.max():.1f} ms"
         )
-        # The default (CUDA graphs) beside UPSCALER_CUDA_GRAPHS=false (CUDA only; elsewhere the two
-        # servers are the same):
-        # the hires fix and the shipped models (the x4plus shape's large answers would take minutes).
+        # The default (CUDA graphs) beside UPSCALER_CUDA_GRAPHS=false, for the hires fix and the shipped
+        # models (the x4plus shape's large answers would take minutes); off CUDA the two servers are
+        # the same.
         on_gpu = [(kind, size, nets[kind][0].scale) for kind, size in cases if kind != "x4plus"]
         benchgpu.bench_graphs(server, work, on_gpu, env)
     finally:
