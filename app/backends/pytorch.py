@@ -171,14 +171,18 @@ class TorchRunner:
             arr, peak, offset = (arr ^ np.uint16(0x8000)).view(np.int16), 65535.0, 32768.0
         elif arr.dtype != np.float32:
             arr = arr.astype(np.float32)
-        # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
-        host = torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)
         if self.device == "cuda":
-            staged = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-            staged.copy_(host)
+            # numpy's copy, one memcpy: torch's own CPU copy splits 1.77 MB (a 768² RGB upload) over
+            # all its intra-op threads, 0.23-0.26 ms with 16 of them against 0.05 ms (2-core machine).
+            dtype = {np.uint8: torch.uint8, np.int16: torch.int16}.get(arr.dtype.type, torch.float32)
+            staged = torch.empty(arr.shape, dtype=dtype, pin_memory=True)
+            np.copyto(staged.numpy(), arr)
             host = staged.to(self.device, non_blocking=True)
-        elif self.device != "cpu":
-            host = host.to(self.device)
+        else:
+            # A read-only array (np.asarray of a Pillow image) cannot back a tensor: copy that one only.
+            host = torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)
+            if self.device != "cpu":
+                host = host.to(self.device)
         x = host.permute(2, 0, 1).unsqueeze(0).float()
         if offset:
             x += offset

@@ -84,6 +84,27 @@ def test_16_bit_input_in_half_precision_stays_finite(tmp_path: Path) -> None:
     assert psnr_unit(got.astype(np.float32) / 65535.0, expected) >= 35.0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_input_reaches_the_device_as_on_the_cpu(tmp_path: Path, dtype: type) -> None:
+    # On CUDA the samples are staged into pinned memory by numpy; a read-only array (a Pillow image's)
+    # and a strided view must arrive exactly as the CPU's tensor from the same array.
+    path = write_checkpoint(tiny_state_dict(2, seed=5), tmp_path / "r", "safetensors")
+    base = textured(70, 50).astype(np.float32)
+    if dtype == np.float32:
+        pixels = base / 255
+    else:
+        pixels = (base * (257 if dtype == np.uint16 else 1)).astype(dtype)
+        pixels[0, 0] = np.iinfo(dtype).max
+    frozen = pixels.copy()
+    frozen.flags.writeable = False
+    cpu, device = served(path, "cpu", "fp32").runner, served(path, str(DEVICE), "fp32").runner
+    for arr in (pixels, frozen, pixels[:, ::2]):
+        expected = cpu._to_device(arr)  # type: ignore[union-attr]
+        got = device._to_device(arr).cpu()  # type: ignore[union-attr]
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_requests_on_two_streams_at_once_match_one_at_a_time(tmp_path: Path) -> None:
     import threading
 
