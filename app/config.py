@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # CUDA graphs for the window shapes a model runs again (app/backends/cuda_graphs.py): on CUDA
     # only; rrdb-x2's images/s under 8 clients rose 4-70% a round (README, On a GPU).
     cuda_graphs: bool = True
+    # How long a thread that wants the GIL waits before the holder must hand it over (Python's
+    # default is 5 ms): every torch op, decode and encode call gives the GIL up and takes it back
+    # (app/scheduler.py, switch_interval).
+    switch_interval_ms: float = Field(1.0, gt=0, le=100)
     threads: int = Field(0, ge=0, description="intra-op threads for inference; 0 = all cores")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Memory one request may need (estimated before its work starts; beyond it: 413 image_too_large).

@@ -46,7 +46,7 @@ from app.middleware import (
     Outcome,
     record_outcome,
 )
-from app.scheduler import DeviceQueue, wait_idle
+from app.scheduler import DeviceQueue, switch_interval, wait_idle
 from app.service import UpscaleService
 from app.state import AppState
 
@@ -126,33 +126,34 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A fresh state per run of the lifespan: a drained one has stopped its device threads.
-        state = build_state(settings, metrics, backends)
-        reuse_image_buffers(one_heap=state.inference_device() == "cpu")  # before the threads start
-        app.state.upscaler = state
-        metrics.watch(state)
-        # Imports the first request would otherwise wait for: anyio's asyncio backend, loaded on first
-        # use (request.is_disconnected's cancel scope), and Pillow's format plugins, on the first
-        # Image.open. A first LANCZOS request on a 2-core machine took 27-40 ms, then 17-18 ms; 4-6 ms
-        # later on. (Most of what is left is FastAPI building each route's state on its first match.)
-        await anyio.sleep(0)
-        load_plugins()
-        # Models load and warm up on the thread that will run them: OpenMP keeps a thread team per
-        # calling thread, and a second team's idle spinning slowed inference by a quarter on 2 cores.
-        executor = state.service.queue_for(state.inference_device()).executor
-        if background_load:
-            task = asyncio.ensure_future(
-                asyncio.get_running_loop().run_in_executor(executor, load_models, state)
-            )
-        else:
-            executor.submit(load_models, state).result()
-        try:
-            yield
-        finally:
-            state.begin_drain()
-            if background_load and not task.done():
-                await asyncio.shield(task)
-            await drain(state)
+        with switch_interval(settings.switch_interval_ms):
+            # A fresh state per run of the lifespan: a drained one has stopped its device threads.
+            state = build_state(settings, metrics, backends)
+            reuse_image_buffers(one_heap=state.inference_device() == "cpu")  # before the threads start
+            app.state.upscaler = state
+            metrics.watch(state)
+            # Imports the first request would otherwise wait for: anyio's asyncio backend, loaded on first
+            # use (request.is_disconnected's cancel scope), and Pillow's format plugins, on the first
+            # Image.open. A first LANCZOS request on a 2-core machine took 27-40 ms, then 17-18 ms; 4-6 ms
+            # later on. (Most of what is left is FastAPI building each route's state on its first match.)
+            await anyio.sleep(0)
+            load_plugins()
+            # Models load and warm up on the thread that will run them: OpenMP keeps a thread team per
+            # calling thread, and a second team's idle spinning slowed inference by a quarter on 2 cores.
+            executor = state.service.queue_for(state.inference_device()).executor
+            if background_load:
+                task = asyncio.ensure_future(
+                    asyncio.get_running_loop().run_in_executor(executor, load_models, state)
+                )
+            else:
+                executor.submit(load_models, state).result()
+            try:
+                yield
+            finally:
+                state.begin_drain()
+                if background_load and not task.done():
+                    await asyncio.shield(task)
+                await drain(state)
 
     app = FastAPI(
         title="Upscaler",

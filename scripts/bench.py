@@ -18,12 +18,14 @@ most a convolution net can reach on this CPU, since oneDNN's convolutions are ma
 RSS is sampled during each row (the server's process for http), and where each http row's time went
 (the service's Server-Timing stages). Then the LANCZOS path over HTTP against in-process Pillow, /health
 latency while the benchmark ran, the same requests (and the shipped models') against a server left
-with glibc's default malloc settings (page faults and CPU per request: app/allocator.py), the LANCZOS
+with glibc's default malloc settings (page faults and CPU per request: app/allocator.py), the GIL's
+switch interval (Python's 5 ms against the service's: the engine in-process beside a thread running
+Python, and the service from 4 clients), the LANCZOS
 of a model's output to a size off its scale (host Pillow against the device resize), an upload's
 LANCZOS in bands on every core against Pillow's on one, upload decode times against Pillow's (alone
 and beside a busy thread), and output encode times per format. With --device cuda, the GPU table
-(scripts/benchgpu.py: the service, then CUDA graphs off against on), then the LANCZOS, decode and
-encode tables on the GPU host.
+(scripts/benchgpu.py: the service, then CUDA graphs off and the 5 ms GIL switch interval against the
+defaults), then the LANCZOS, decode and encode tables on the GPU host.
 Nothing here is asserted: it prints what it measured.
 """
 
@@ -424,6 +426,26 @@ def bench_allocator(server: Server, work: Path, models: list[tuple[str, int]]) -
         other.close()
 
 
+def bench_gil(server: Server, work: Path, models: list[tuple[str, Path, int]]) -> None:
+    """The GIL's switch interval: the engine in-process beside a thread running Python, under Python's
+    5 ms and the service's (scripts/benchgpu.py), then the service from 4 clients at once beside the
+    same service with UPSCALER_SWITCH_INTERVAL_MS=5: LANCZOS and each (model, weights, input side) of
+    `models`, the servers in turn."""
+    from scripts import benchgpu
+
+    benchgpu.bench_gil_in_process(models, "cpu")
+    other = Server(work, {"UPSCALER_SWITCH_INTERVAL_MS": "5"}, name="server-gil5")
+    posts = [("LANCZOS 1024²→2048² PNG /upscale", png(test_image(1024), 1), LANCZOS_PNG)]
+    posts += [
+        (f"{name} {size}² PNG /upscale", png(test_image(size), 1), {"model": name, "format": "png"})
+        for name, _, size in models
+    ]
+    try:
+        at_once({"5 ms": other, "the service's": server}, posts, 3, 4, "The GIL's switch interval", "GIL")
+    finally:
+        other.close()
+
+
 def one_client(
     servers: dict[str, Server], sends: list[tuple[str, Callable[[Server], object]]], rounds: int, runs: int
 ) -> None:
@@ -737,6 +759,7 @@ def main() -> None:
             bench_lanczos(server, level=1)
             bench_routes(server)
             bench_allocator(server, work, [(path.stem, 256) for path in shipped])
+            bench_gil(server, work, [(path.stem, path, 256) for path in shipped])
     finally:
         health = probe.stop() if probe else []
         if server is not None:
@@ -829,18 +852,18 @@ def main_gpu(args: argparse.Namespace) -> None:
             f"\n/health during the run: {len(health)} requests, p50 {np.percentile(health, 50):.1f} ms, "
             f"p99 {np.percentile(health, 99):.1f} ms, max {health.max():.1f} ms"
         )
-        # The default (CUDA graphs) beside UPSCALER_CUDA_GRAPHS=false, for the hires fix and the shipped
-        # models (the x4plus shape's large answers would take minutes); off CUDA the two servers are
-        # the same.
+        # The defaults beside UPSCALER_CUDA_GRAPHS=false and Python's 5 ms GIL switch interval, for the
+        # hires fix and the shipped models (the x4plus shape's large answers would take minutes); off
+        # CUDA the graphs-off server runs the same forwards.
         on_gpu = [(kind, size, nets[kind][0].scale) for kind, size in cases if kind != "x4plus"]
-        benchgpu.bench_graphs(server, work, on_gpu, env)
+        benchgpu.bench_settings(server, work, on_gpu, env)
     finally:
         probe.stop()
         server.close()
     # The same in-process, for the shipped models (the Real-ESRGAN shapes' thousand or so launches a
     # forward would make the busy-Python column take minutes eager).
     shipped = [(kind, nets[kind][2], size) for kind, size in cases if kind not in SHAPES]
-    benchgpu.bench_graphs_in_process(shipped, device)
+    benchgpu.bench_gil_in_process(shipped, device)
     bench_resize(device)
     bench_bands()
     bench_decode()

@@ -17,8 +17,9 @@ A second table splits the HTTP JPEG request: the service's stages from its Serve
 what lies outside its processing time (transfer, HTTP parsing and the response, on both ends). A third
 shows the server's host CPU per image while the 8 clients ran: all its threads, and its event loop's
 thread alone (every request passes through it: at 100% busy it is the bound, not the GPU), and the
-mean of each of the service's stages meanwhile. Then UPSCALER_CUDA_GRAPHS off against on: 8 clients
-against two servers in turn, and the engine in-process beside a thread running Python.
+mean of each of the service's stages meanwhile. Then the defaults against UPSCALER_CUDA_GRAPHS=false and
+against Python's 5 ms GIL switch interval (UPSCALER_SWITCH_INTERVAL_MS=5): 8 clients against the three
+servers in turn, and the engine in-process beside a thread running Python.
 Seconds are medians after a warm-up. Nothing is asserted: it prints what it measured.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -194,23 +196,29 @@ HEAD = [
 ]
 
 
-def bench_graphs(server: Any, work: Path, models: list[tuple[str, int, int]], env: dict[str, str]) -> None:
-    """8 clients of each (model, input side, scale) in `models` against `server` (the default: CUDA
-    graphs on) and against the same service with UPSCALER_CUDA_GRAPHS=false, in turn; says whether a
-    model's capture failed in `server` (its log: the `server.log` of `work`)."""
+def bench_settings(server: Any, work: Path, models: list[tuple[str, int, int]], env: dict[str, str]) -> None:
+    """8 clients of each (model, input side, scale) in `models` against `server` (the defaults) and, in
+    turn, against the same service with UPSCALER_CUDA_GRAPHS=false and with Python's own GIL switch
+    interval (UPSCALER_SWITCH_INTERVAL_MS=5); says whether a model's capture failed in `server` (its
+    log: the `server.log` of `work`)."""
     from scripts.bench import Server, at_once, png, test_image
 
-    other = Server(work, {**env, "UPSCALER_CUDA_GRAPHS": "false"}, name="server-eager")
+    others = {
+        "graphs off": Server(work, {**env, "UPSCALER_CUDA_GRAPHS": "false"}, name="server-eager"),
+        "GIL 5 ms": Server(work, {**env, "UPSCALER_SWITCH_INTERVAL_MS": "5"}, name="server-gil5"),
+    }
     posts = [
         (f"{model} {side}²→{side * scale}² PNG", png(test_image(side)), {"model": model, "scale": str(scale)})
         for model, side, scale in models
     ]
     try:
-        at_once({"off": other, "on": server}, posts, 2, CLIENTS, "CUDA graphs", "CUDA graphs", per_client=12)
+        servers = {**others, "shipped": server}
+        at_once(servers, posts, 2, CLIENTS, "CUDA graphs and the GIL", "server", per_client=12)
     finally:
-        other.close()
+        for other in others.values():
+            other.close()
     if env.get("UPSCALER_DEVICE") != "cuda":
-        print("Not on CUDA: the two servers ran the same eager forwards.")
+        print("Not on CUDA: the graphs-off server ran the same eager forwards.")
         return
     failed = [line for line in (work / "server.log").read_text().splitlines() if "CUDA graphs off" in line]
     print("\n".join(failed) if failed else "No capture failed (no model fell back to eager).")
@@ -253,20 +261,26 @@ def images_per_s(
     return threads * count / (time.perf_counter() - t0)
 
 
-GIL_LOADS = ((1, 0.0), (2, 0.0), (2, 0.33), (2, 1.0))  # (device threads, share of a Python thread)
+# (device threads, share of a Python thread): the service runs two device threads on CUDA, one on CPU.
+GIL_LOADS = {"cuda": ((1, 0.0), (2, 0.0), (2, 0.33), (2, 1.0)), "cpu": ((1, 0.0), (1, 0.33), (1, 1.0))}
 
 
-def bench_graphs_in_process(models: list[tuple[str, Path, int]], device: str) -> None:
-    """The engine in-process with UPSCALER_CUDA_GRAPHS off and on, for each (name, weights, input
-    side): images/s from one and two threads (the service's two device threads, kept throughout, as
-    graphs are per thread), alone and beside a thread running Python a third of the time and all of
-    it (what the GIL costs an eager forward's launches)."""
+def bench_gil_in_process(models: list[tuple[str, Path, int]], device: str) -> None:
+    """The engine in-process for each (name, weights, input side), with UPSCALER_CUDA_GRAPHS off and on
+    (on CUDA) and under Python's GIL switch interval (5 ms) and the service's: images/s from the
+    service's device threads (kept throughout, as graphs are per thread), alone and beside a thread
+    running Python a third of the time and all of it. Every torch call gives the GIL up and takes it
+    back, and beside a thread running Python each taking back waits up to the interval."""
+    from app.config import load_settings
     from scripts.bench import table, test_image
 
+    loads = GIL_LOADS["cuda" if device == "cuda" else "cpu"]
+    intervals = (5.0, load_settings({}).switch_interval_ms)
+    before = sys.getswitchinterval()
     rows = []
     for name, weights, side in models:
         img = np.asarray(test_image(side))
-        for graphs in (False, True):
+        for graphs in (False, True) if device == "cuda" else (False,):
             entry = ModelEntry(name, "pytorch", weights)
             PyTorchBackend(device=device, cuda_graphs=graphs).load(entry)
             runner = entry.runner
@@ -274,15 +288,21 @@ def bench_graphs_in_process(models: list[tuple[str, Path, int]], device: str) ->
 
             one = functools.partial(run_model, img, runner, float(runner.scale), bit_depth=8)
 
-            with ThreadPoolExecutor(2) as pool:
-                images_per_s(one, pool, 2, 0.0, 3)  # each thread's first use, and its capture
-                rates = [images_per_s(one, pool, n, busy, 20 if busy < 1 else 2) for n, busy in GIL_LOADS]
-            rows.append([f"{name} {side}²", "on" if graphs else "off", *(f"{r:.1f}" for r in rates)])
+            with ThreadPoolExecutor(loads[-1][0]) as pool:
+                images_per_s(one, pool, loads[-1][0], 0.0, 3)  # each thread's first use, and its capture
+                for ms in intervals:
+                    sys.setswitchinterval(ms / 1000)
+                    try:
+                        rates = [images_per_s(one, pool, n, busy, 20 if busy < 1 else 2) for n, busy in loads]
+                    finally:
+                        sys.setswitchinterval(before)
+                    row = [f"{name} {side}²", *(["on" if graphs else "off"] if device == "cuda" else [])]
+                    rows.append([*row, f"{ms:g} ms", *(f"{r:.1f}" for r in rates)])
             del entry, runner
             if device == "cuda":
                 torch.cuda.empty_cache()
-    head = ["case", "CUDA graphs"]
+    head = ["case", *(["CUDA graphs"] if device == "cuda" else []), "GIL switch interval"]
     head += [
-        f"{n} thread{'s' * (n > 1)}" + (f" + Python {busy:.0%} busy" if busy else "") for n, busy in GIL_LOADS
+        f"{n} thread{'s' * (n > 1)}" + (f" + Python {busy:.0%} busy" if busy else "") for n, busy in loads
     ]
     table(f"The engine in-process, images/s ({device})", head, rows)

@@ -35,6 +35,7 @@ def test_load_settings_reads_only_the_given_dict(monkeypatch: pytest.MonkeyPatch
         ("UPSCALER_TILE", "-1"),
         ("UPSCALER_MAX_UPLOAD_MB", "0"),
         ("UPSCALER_COREML_COMPUTE_UNITS", "GPU_ONLY"),
+        ("UPSCALER_SWITCH_INTERVAL_MS", "0"),
     ],
 )
 def test_load_settings_bad_value_names_the_variable(name: str, value: str) -> None:
