@@ -89,6 +89,17 @@ def best_s(fn: Callable[[], object], runs: int = 3) -> float:
     return min(timed(fn)[0] for _ in range(runs))
 
 
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    """The median of `runs` timed calls after one untimed, in milliseconds (no sampling thread beside)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
+
+
 def matmul_roof(dtype: torch.dtype, n: int = 2048) -> float:
     """GFLOP/s of a dense n x n matmul in `dtype` on this CPU (all of torch's threads, best of 5)."""
     a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
@@ -426,6 +437,40 @@ def bench_allocator(server: Server, work: Path, models: list[tuple[str, int]]) -
         other.close()
 
 
+def bench_gil_imaging() -> None:
+    """The service's decode of a 1024² PNG upload and PNG encode (level 1) of a 2048² answer, alone and
+    beside a thread running Python, under Python's 5 ms GIL switch interval and the service's (medians
+    of 9): each of their C calls gives the GIL up and waits to take it back."""
+    from app.config import load_settings
+    from app.imaging.decode import decode, probe
+    from app.imaging.encode import encode
+    from app.imaging.pixels import Picture
+
+    upload = png(test_image(1024))
+    picture = Picture(np.asarray(test_image(512).resize((2048, 2048), Image.Resampling.BICUBIC)))
+    steps = {
+        "decode 1024² PNG": lambda: decode(probe(upload, 1 << 26)),
+        "encode 2048² PNG": lambda: encode(picture, "PNG", quality=1, png_level=1, icc_profile=None, text={}),
+    }
+    before = sys.getswitchinterval()
+    rows = []
+    for label, step in steps.items():
+        for ms in (5.0, load_settings({}).switch_interval_ms):
+            sys.setswitchinterval(ms / 1000)
+            try:
+                alone = median_ms(step, 9)
+                with BusyThread():
+                    busy = median_ms(step, 9)
+            finally:
+                sys.setswitchinterval(before)
+            rows.append([label, f"{ms:g} ms", f"{alone:.1f}", f"{busy:.1f}"])
+    table(
+        "Decode and encode beside a thread running Python (ms, medians of 9)",
+        ["step", "GIL switch interval", "alone", "beside Python 100% busy"],
+        rows,
+    )
+
+
 def bench_gil(server: Server, work: Path, models: list[tuple[str, Path, int]]) -> None:
     """The GIL's switch interval: the engine in-process beside a thread running Python, under Python's
     5 ms and the service's (scripts/benchgpu.py), then the service from 4 clients at once beside the
@@ -433,6 +478,7 @@ def bench_gil(server: Server, work: Path, models: list[tuple[str, Path, int]]) -
     `models`, the servers in turn."""
     from scripts import benchgpu
 
+    bench_gil_imaging()
     benchgpu.bench_gil_in_process(models, "cpu")
     other = Server(work, {"UPSCALER_SWITCH_INTERVAL_MS": "5"}, name="server-gil5")
     posts = [("LANCZOS 1024²→2048² PNG /upscale", png(test_image(1024), 1), LANCZOS_PNG)]
