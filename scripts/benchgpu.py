@@ -41,6 +41,7 @@ import torch
 
 from app.backends.base import ModelEntry
 from app.backends.pytorch import PyTorchBackend
+from app.config import load_settings
 from app.engine import run_model
 from app.models.descriptor import ModelDescriptor
 from scripts.clients import Throughput, run_clients
@@ -271,7 +272,6 @@ def bench_gil_in_process(models: list[tuple[str, Path, int]], device: str) -> No
     service's device threads (kept throughout, as graphs are per thread), alone and beside a thread
     running Python a third of the time and all of it. Every torch call gives the GIL up and takes it
     back, and beside a thread running Python each taking back waits up to the interval."""
-    from app.config import load_settings
     from scripts.bench import table, test_image
 
     loads = GIL_LOADS["cuda" if device == "cuda" else "cpu"]
