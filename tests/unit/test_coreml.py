@@ -23,7 +23,7 @@ from app.backends.coreml import (
     import_coremltools,
     package_shapes,
 )
-from app.backends.pytorch import TorchRunner
+from app.backends.torch_runner import TorchRunner
 from app.engine import run_model
 from app.models import rrdbnet
 from app.models.descriptor import ModelDescriptor

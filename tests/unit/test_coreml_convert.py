@@ -18,7 +18,7 @@ import torch
 
 from app.backends.base import ModelEntry
 from app.backends.coreml import OFF_MACOS, CoreMLBackend, CoreMLRunner, import_coremltools
-from app.backends.pytorch import TorchRunner
+from app.backends.torch_runner import TorchRunner
 from app.engine import run_model
 from scripts.coreml_convert import (
     UnsupportedRequest,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.backends.pytorch import TorchRunner
+from app.backends.torch_runner import TorchRunner
 from app.backends.torch_tiles import quantize_tensor, release_cached, upscale_tensor
 from app.engine import model_passes, run_model
 from app.errors import Cancelled, OutOfMemory
@@ -241,6 +241,6 @@ def test_out_of_memory_in_the_device_resize_keeps_the_models_work(monkeypatch: p
     def no_memory(*args: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
-    monkeypatch.setattr("app.backends.pytorch.resize_tensor", no_memory)
+    monkeypatch.setattr("app.backends.torch_runner.resize_tensor", no_memory)
     runner.resize_on_device = True
     np.testing.assert_array_equal(run_model(img, runner, 1.5, tile=0, bit_depth=8, size=(67, 57)), host)
