@@ -41,6 +41,8 @@ def test_clients_in_processes_count_every_image_and_read_the_server_cpu(server: 
     )
     assert served(server) == 2 * (3 + 1)  # the timed requests and one warm-up each
     assert load.images_per_s > 0
+    assert load.client_cpu_ms is not None and load.client_cpu_ms > 0
+    assert set(load.stages_ms) >= {"decode", "encode"}
     if sys.platform == "linux":
         assert load.server_cpu_ms is not None and load.event_loop_ms is not None
         assert 0 < load.event_loop_ms <= load.server_cpu_ms
