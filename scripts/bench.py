@@ -91,17 +91,6 @@ def best_s(fn: Callable[[], object], runs: int = 3) -> float:
     return min(timed(fn)[0] for _ in range(runs))
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    """The median of `runs` timed calls after one untimed, in milliseconds (no sampling thread beside)."""
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1000
-
-
 def matmul_roof(dtype: torch.dtype, n: int = 2048) -> float:
     """GFLOP/s of a dense n x n matmul in `dtype` on this CPU (all of torch's threads, best of 5)."""
     a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
@@ -446,6 +435,8 @@ def bench_gil_imaging() -> None:
     from app.imaging.decode import decode, probe
     from app.imaging.encode import encode
     from app.imaging.pixels import Picture
+    from app.scheduler import switch_interval
+    from scripts.benchgpu import median_s
 
     upload = png(test_image(1024))
     picture = Picture(np.asarray(test_image(512).resize((2048, 2048), Image.Resampling.BICUBIC)))
@@ -453,17 +444,13 @@ def bench_gil_imaging() -> None:
         "decode 1024² PNG": lambda: decode(probe(upload, 1 << 26)),
         "encode 2048² PNG": lambda: encode(picture, "PNG", quality=1, png_level=1, icc_profile=None, text={}),
     }
-    before = sys.getswitchinterval()
     rows = []
     for label, step in steps.items():
         for ms in (5.0, load_settings({}).switch_interval_ms):
-            sys.setswitchinterval(ms / 1000)
-            try:
-                alone = median_ms(step, 9)
+            with switch_interval(ms):
+                alone = median_s(step, "cpu", 9) * 1000
                 with BusyThread():
-                    busy = median_ms(step, 9)
-            finally:
-                sys.setswitchinterval(before)
+                    busy = median_s(step, "cpu", 9) * 1000
             rows.append([label, f"{ms:g} ms", f"{alone:.1f}", f"{busy:.1f}"])
     table(
         "Decode and encode beside a thread running Python (ms, medians of 9)",
@@ -665,17 +652,22 @@ def bench_bands() -> None:
 
 
 class BusyThread:
-    """A thread running Python, as the event loop and the model threads do in the service: a decoder
-    that gives the GIL back and takes it again for every block waits on it each time."""
+    """A thread running Python, as the event loop and the model threads do in the service: all the
+    time, or `share` of it in 1 ms bursts. A decoder that gives the GIL back and takes it again for
+    every block waits on it each time."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: float = 1.0) -> None:
+        self.share = share
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
 
     def _spin(self) -> None:
-        n = 0
         while not self._stop.is_set():
-            n += 1
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
+            if self.share < 1.0:
+                time.sleep(0.001 * (1.0 - self.share) / self.share)
 
     def __enter__(self) -> BusyThread:
         self._thread.start()

@@ -25,10 +25,10 @@ Seconds are medians after a warm-up. Nothing is asserted: it prints what it meas
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -225,23 +225,13 @@ def bench_settings(server: Any, work: Path, models: list[tuple[str, int, int]], 
     print("\n".join(failed) if failed else "No capture failed (no model fell back to eager).")
 
 
-def _busy_python(stop: threading.Event, share: float) -> None:
-    """Run pure Python (holding the GIL) 1 ms at a time, `share` of the wall time, until `stop`."""
-    while not stop.is_set():
-        end = time.perf_counter() + 0.001
-        while time.perf_counter() < end:
-            pass
-        if share < 1.0:
-            time.sleep(0.001 * (1.0 - share) / share)
-
-
 def images_per_s(
     fn: Callable[[], object], pool: ThreadPoolExecutor, threads: int, busy: float, count: int
 ) -> float:
     """`threads` of `pool`'s threads each run `fn` `count` times at once, beside a thread running
     Python `busy` of the time (none at 0); images per second."""
-    stop = threading.Event()
-    spinner = threading.Thread(target=_busy_python, args=(stop, busy)) if busy else None
+    from scripts.bench import BusyThread
+
     gate = threading.Barrier(threads)
 
     def work() -> None:
@@ -249,17 +239,11 @@ def images_per_s(
         for _ in range(count):
             fn()
 
-    if spinner is not None:
-        spinner.start()
-    t0 = time.perf_counter()
-    try:
+    with BusyThread(busy) if busy else contextlib.nullcontext():
+        t0 = time.perf_counter()
         for job in [pool.submit(work) for _ in range(threads)]:
             job.result()
-    finally:
-        stop.set()
-        if spinner is not None:
-            spinner.join()
-    return threads * count / (time.perf_counter() - t0)
+        return threads * count / (time.perf_counter() - t0)
 
 
 # (device threads, share of a Python thread): the service runs two device threads on CUDA, one on CPU.
@@ -272,11 +256,11 @@ def bench_gil_in_process(models: list[tuple[str, Path, int]], device: str) -> No
     service's device threads (kept throughout, as graphs are per thread), alone and beside a thread
     running Python a third of the time and all of it. Every torch call gives the GIL up and takes it
     back, and beside a thread running Python each taking back waits up to the interval."""
+    from app.scheduler import switch_interval
     from scripts.bench import table, test_image
 
     loads = GIL_LOADS["cuda" if device == "cuda" else "cpu"]
     intervals = (5.0, load_settings({}).switch_interval_ms)
-    before = sys.getswitchinterval()
     rows = []
     for name, weights, side in models:
         img = np.asarray(test_image(side))
@@ -291,11 +275,8 @@ def bench_gil_in_process(models: list[tuple[str, Path, int]], device: str) -> No
             with ThreadPoolExecutor(loads[-1][0]) as pool:
                 images_per_s(one, pool, loads[-1][0], 0.0, 3)  # each thread's first use, and its capture
                 for ms in intervals:
-                    sys.setswitchinterval(ms / 1000)
-                    try:
+                    with switch_interval(ms):
                         rates = [images_per_s(one, pool, n, busy, 20 if busy < 1 else 2) for n, busy in loads]
-                    finally:
-                        sys.setswitchinterval(before)
                     row = [f"{name} {side}²", *(["on" if graphs else "off"] if device == "cuda" else [])]
                     rows.append([*row, f"{ms:g} ms", *(f"{r:.1f}" for r in rates)])
             del entry, runner
