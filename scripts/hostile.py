@@ -73,6 +73,24 @@ def metadata_bomb() -> bytes:
     return data[:33] + bomb * 63 + data[33:]
 
 
+def pixel_bomb(inflated_mb: int = 20 * 1024, depth: int = 8) -> bytes:
+    """A 16 x 12 RGB PNG (16-bit ones with a tRNS key colour, which pypng reads) whose IDAT stream
+    goes on past the image: `inflated_mb` MB of zeros, about a thousandth of that sent. Each MB is
+    deflated once after a full flush (which forgets the history, so every copy decodes alike) and
+    repeated; the adler32 of n more zeros adds n x A to B."""
+    rows = bytes(12 * (1 + 16 * 3 * depth // 8))
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = packer.compress(rows) + packer.flush(zlib.Z_FULL_FLUSH)
+    piece = packer.compress(bytes(MB)) + packer.flush(zlib.Z_FULL_FLUSH)
+    adler = zlib.adler32(rows)
+    a, b = adler & 0xFFFF, adler >> 16
+    check = ((b + inflated_mb * MB * a) % 65521) << 16 | a
+    stream = b"\x78\xda" + head + piece * inflated_mb + packer.flush() + struct.pack(">I", check)
+    key = chunk(b"tRNS", b"\x00\x01" * 3) if depth == 16 else b""
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 12, depth, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + key + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
 def many_frames_gif(frames: int = 5000) -> bytes:
     first = Image.new("P", (16, 16))
     rest = [Image.new("P", (16, 16), i % 256) for i in range(frames - 1)]
@@ -202,6 +220,14 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
             [str(r.status_code)],
             r.status_code == 200 and len(r.content) < 4 * MB,
             f"{len(r.content)} bytes out",
+        )
+
+    def pixels() -> Outcome:
+        eight, sixteen = (post_image(url, pixel_bomb(depth=d), model="lanczos") for d in (8, 16))
+        return Outcome(
+            [str(eight.status_code), str(sixteen.status_code)],
+            eight.status_code == 200 and sixteen.status_code == 400,
+            sixteen.json()["error"]["message"] if sixteen.status_code == 400 else "",
         )
 
     def gif() -> Outcome:
@@ -335,6 +361,7 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
 
     return {
         "metadata bomb (63 x 1 MB zTXt)": bomb,
+        "pixel-data bombs (20 GB of zeros past a 16 x 12 image, 8 and 16 bits)": pixels,
         "GIF with 5000 frames": gif,
         "multi-page TIFF (100 pages)": tiff,
         "huge-dimension headers (PNG JPEG BMP GIF WebP TIFF)": headers,

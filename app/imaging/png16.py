@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import InvalidImage
+from app.imaging import pngread
 from app.imaging.pngwrite import SIGNATURE
 
 
@@ -34,6 +35,7 @@ def read(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """
     import png  # pypng: pure Python, reads 16-bit PNGs that Pillow narrows to 8 bits
 
+    pngread.check_pixel_data(data)
     try:
         w, h, rows, info = png.Reader(bytes=data).read()
         planes = int(info["planes"])

@@ -5,17 +5,22 @@ same refusals."""
 from __future__ import annotations
 
 import io
+import struct
+import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import png
 import pytest
+from imagecodecs import png_decode
 from PIL import Image, ImageOps, PngImagePlugin
 
 from app.errors import InvalidImage
 from app.imaging import pngread
 from app.imaging.decode import decode, probe
+from app.imaging.pngwrite import SIGNATURE, write_png
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
@@ -24,6 +29,7 @@ from tests.support.images import (
     decode_bytes,
     gradient_image,
     png_bytes,
+    png_chunk_types,
     random16,
     read_png16,
     save,
@@ -119,12 +125,121 @@ def test_broken_text_chunks_after_the_pixels_are_read_as_pillow_reads_them() -> 
 
 def test_corrupt_pixel_data_is_invalid() -> None:
     data = bytearray(png_bytes(gradient_image(64, 48)))
-    data[data.index(b"IDAT") + 20] ^= 0xFF  # its CRC no longer matches: the chunk reaches libpng as sent
+    data[data.index(b"IDAT") + 20] ^= 0xFF  # inside the deflate stream: ISA-L refuses it
     with pytest.raises(InvalidImage, match="broken"):
         decode_bytes(bytes(data))
     jpeg = save(gradient_image(64, 48), "JPEG")
     with pytest.raises(InvalidImage, match="broken"):
         decode_bytes(jpeg[: len(jpeg) // 2])
+
+
+def _one_idat(width: int, height: int, stream: bytes, color: int = 2) -> bytes:
+    """An 8-bit PNG of that colour type whose one IDAT holds `stream` as it is."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
+    return SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
+def _scanlines(height: int, row: int, seed: int = 0) -> bytes:
+    """`height` rows of `row` bytes after a filter byte, with every filter type (None..Paeth)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, (height, 1 + row), np.uint8)
+    rows[:, 0] = np.arange(height) % 5
+    return rows.tobytes()
+
+
+def test_real_photos_are_inflated_by_isal_and_unfiltered_as_libpng_does(datasets: Path) -> None:
+    """The same pixels as libpng reading the upload itself: Pillow's adaptive filters, and the
+    service's own PNGs (Up filters, several IDAT chunks joined by sync flushes)."""
+    photo = np.asarray(Image.open(datasets / "Set14" / "lenna.png").convert("RGB"))
+    big = np.ascontiguousarray(np.tile(photo, (3, 3, 1)))  # 1536², several deflate pieces per core
+    uploads = [png_bytes(Image.fromarray(photo)), write_png(big, 1, None, {}), write_png(big, 6, None, {})]
+    assert png_chunk_types(uploads[1]).count(b"IDAT") > 2
+    for data in uploads:
+        read = pngread.read(data)
+        assert read is not None and np.array_equal(read[0], png_decode(data))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "color"),
+    [(28, 771, 2), (255, 256, 0), (28, 1542, 2), (3, 1, 6)],  # 65535, 65536, 2 x 65535 and 13 bytes
+)
+def test_every_filter_reads_as_libpng_reads_it_across_stored_block_edges(
+    width: int, height: int, color: int
+) -> None:
+    planes = {0: 1, 2: 3, 6: 4}[color]
+    data = _one_idat(width, height, zlib.compress(_scanlines(height, width * planes)), color)
+    read = pngread.read(data)
+    expected = png_decode(data)
+    assert read is not None and np.array_equal(read[0].reshape(expected.shape), expected)
+
+
+def _traced_peak(work: Callable[[], object]) -> int:
+    """The peak of Python's allocations (bytes objects included) while `work` runs."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_pixel_data_past_the_image_is_ignored_without_inflating_it() -> None:
+    """libpng inflated every byte of such a stream (5 s for 2 GiB of zeros); the inflate stops one
+    byte past the image, so 64 MiB of zeros in a 16x16 upload never reach memory, and the image
+    reads as Pillow reads it."""
+    data = _one_idat(16, 16, zlib.compress(_scanlines(16, 48) + bytes(64 << 20), 9))
+    assert _traced_peak(lambda: decode_bytes(data)) < 4 << 20
+    assert np.array_equal(decode_bytes(data).pixels, np.asarray(Image.open(io.BytesIO(data))))
+
+
+def test_pypng_is_not_given_pixel_data_past_the_image() -> None:
+    """A 16-bit PNG with a tRNS key goes to pypng, which inflated each IDAT chunk whole into memory
+    (7.8 GB for a 1 MB upload): the stream is inflated first, within the header's size, and refused
+    when it holds more, as pypng refuses it."""
+    ihdr = struct.pack(">IIBBBBB", 16, 12, 16, 2, 0, 0, 0)
+    stream = zlib.compress(bytes(12 * (1 + 16 * 6)) + bytes(64 << 20), 9)
+    tail = chunk(b"tRNS", b"\x00\x01" * 3) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    data = SIGNATURE + chunk(b"IHDR", ihdr) + tail
+
+    def refused() -> None:
+        with pytest.raises(InvalidImage, match="more pixel data"):
+            decode_bytes(data)
+
+    assert _traced_peak(refused) < 4 << 20
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (3, 5), (9, 17), (33, 7), (8, 8)])
+def test_interlaced_16bit_pngs_read_through_pypng_at_every_pass_shape(width: int, height: int) -> None:
+    """The size the stream is checked against counts Adam7's passes (some empty at these sizes)."""
+    arr = random16(height, width, 3, seed=width)
+    buf = io.BytesIO()
+    png.Writer(width, height, greyscale=False, bitdepth=16, interlace=True).write_array(buf, arr.reshape(-1))
+    dec = decode_bytes(buf.getvalue())
+    assert dec.bit_depth == 16 and np.array_equal(dec.pixels, arr)
+
+
+@pytest.mark.parametrize("damage", ["adler32", "no adler32", "short", "not zlib"])
+def test_a_broken_pixel_stream_is_invalid(damage: str) -> None:
+    rows = _scanlines(16, 48)
+    stream = zlib.compress(rows)
+    broken = {
+        "adler32": stream[:-1] + bytes([stream[-1] ^ 1]),
+        "no adler32": stream[:-4],
+        "short": zlib.compress(rows[:-10]),
+        "not zlib": b"\x78\x01" + bytes(range(7, 200)),
+    }[damage]
+    with pytest.raises(InvalidImage, match="broken"):
+        decode_bytes(_one_idat(16, 16, broken))
+    intact = _one_idat(16, 16, stream)
+    assert np.array_equal(decode_bytes(intact).pixels, png_decode(intact))
+
+
+def test_an_idat_crc_alone_is_not_checked_as_pillow_does_not_check_it() -> None:
+    data = bytearray(png_bytes(gradient_image(64, 48)))
+    at = data.index(b"IDAT")
+    data[at + 4 + int.from_bytes(data[at - 4 : at], "big")] ^= 0xFF  # the CRC's first byte
+    dec = decode_bytes(bytes(data))
+    assert np.array_equal(dec.pixels, np.asarray(Image.open(io.BytesIO(bytes(data)))))
 
 
 def test_a_chunk_running_past_the_end_is_invalid() -> None:
