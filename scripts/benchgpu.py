@@ -259,6 +259,8 @@ def bench_gil_in_process(models: list[tuple[str, Path, int]], device: str) -> No
     from app.scheduler import switch_interval
     from scripts.bench import table, test_image
 
+    if not models:
+        return
     loads = GIL_LOADS["cuda" if device == "cuda" else "cpu"]
     intervals = (5.0, load_settings({}).switch_interval_ms)
     rows = []
