@@ -22,10 +22,10 @@ with glibc's default malloc settings (page faults and CPU per request: app/alloc
 switch interval (Python's 5 ms against the service's: decode, encode and the engine in-process beside
 a thread running Python, and the service from 4 clients), the LANCZOS of a model's output to a size
 off its scale (host Pillow against the device resize), an upload's LANCZOS in bands on every core
-against Pillow's on one, upload decode times against Pillow's (alone and beside a busy thread), and
-output encode times per format. With --device cuda, the GPU table
-(scripts/benchgpu.py: the service, then CUDA graphs off and the 5 ms GIL switch interval against the
-defaults), then the LANCZOS, decode and encode tables on the GPU host.
+against Pillow's on one, upload decode times against Pillow's and libpng's (alone and beside a busy
+thread), and output encode times per format (these two under the service's malloc settings). With
+--device cuda, the GPU table (scripts/benchgpu.py: the service, then CUDA graphs off and the 5 ms GIL
+switch interval against the defaults), then the LANCZOS, decode and encode tables on the GPU host.
 The benchmark's own process runs under the GIL switch interval the service sets, so the engine
 in-process runs as in the service. Nothing here is asserted: it prints what it measured.
 """

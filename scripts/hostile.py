@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.imaging.pngwrite import chunk  # noqa: E402
+from scripts.crafted import pixel_bomb, scan_bomb  # noqa: E402
 from scripts.localserver import local_server  # noqa: E402
 from scripts.rss import PeakRSS, rss_mb  # noqa: E402
 
@@ -71,24 +72,6 @@ def metadata_bomb() -> bytes:
     data = small_png()
     bomb = chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * MB, 9))
     return data[:33] + bomb * 63 + data[33:]
-
-
-def pixel_bomb(inflated_mb: int = 20 * 1024, depth: int = 8) -> bytes:
-    """A 16 x 12 RGB PNG (16-bit ones with a tRNS key colour, which pypng reads) whose IDAT stream
-    goes on past the image: `inflated_mb` MB of zeros, about a thousandth of that sent. Each MB is
-    deflated once after a full flush (which forgets the history, so every copy decodes alike) and
-    repeated; the adler32 of n more zeros adds n x A to B."""
-    rows = bytes(12 * (1 + 16 * 3 * depth // 8))
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
-    head = packer.compress(rows) + packer.flush(zlib.Z_FULL_FLUSH)
-    piece = packer.compress(bytes(MB)) + packer.flush(zlib.Z_FULL_FLUSH)
-    adler = zlib.adler32(rows)
-    a, b = adler & 0xFFFF, adler >> 16
-    check = ((b + inflated_mb * MB * a) % 65521) << 16 | a
-    stream = b"\x78\xda" + head + piece * inflated_mb + packer.flush() + struct.pack(">I", check)
-    key = chunk(b"tRNS", b"\x00\x01" * 3) if depth == 16 else b""
-    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 12, depth, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + ihdr + key + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
 
 
 def many_frames_gif(frames: int = 5000) -> bytes:
@@ -223,12 +206,17 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
         )
 
     def pixels() -> Outcome:
-        eight, sixteen = (post_image(url, pixel_bomb(depth=d), model="lanczos") for d in (8, 16))
+        eight, sixteen = (post_image(url, pixel_bomb(20 * 1024, depth=d), model="lanczos") for d in (8, 16))
         return Outcome(
             [str(eight.status_code), str(sixteen.status_code)],
             eight.status_code == 200 and sixteen.status_code == 400,
             sixteen.json()["error"]["message"] if sixteen.status_code == 400 else "",
         )
+
+    def scans() -> Outcome:
+        r = post_image(url, scan_bomb(4096), model="lanczos")
+        message = r.json()["error"]["message"] if r.status_code == 400 else ""
+        return Outcome([str(r.status_code)], r.status_code == 400, message)
 
     def gif() -> Outcome:
         return expect([post_image(url, many_frames_gif(), model="lanczos").status_code], {200, 400, 413})
@@ -362,6 +350,7 @@ def cases(url: str) -> dict[str, Callable[[], Outcome]]:
     return {
         "metadata bomb (63 x 1 MB zTXt)": bomb,
         "pixel-data bombs (20 GB of zeros past a 16 x 12 image, 8 and 16 bits)": pixels,
+        "progressive JPEG of 2647 scans (4096², 200 KB)": scans,
         "GIF with 5000 frames": gif,
         "multi-page TIFF (100 pages)": tiff,
         "huge-dimension headers (PNG JPEG BMP GIF WebP TIFF)": headers,

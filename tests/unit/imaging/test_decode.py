@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import png
 import pytest
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from app.imaging.decode import Header, probe
+from app.imaging.decode import MAX_JPEG_SCANS, Header, probe
 from app.imaging.encode import output_format
+from scripts.crafted import scan_bomb
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
@@ -84,6 +86,34 @@ def test_probe_takes_a_camera_mpo_for_a_jpeg() -> None:
     assert probe(data, LIMIT) == Header("JPEG", 40, 30)
     assert decode_bytes(data).format == "JPEG"
     assert output_format(None, "JPEG") == "JPEG"
+
+
+def test_probe_refuses_a_jpeg_of_more_scans_than_the_cap_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2,647 legal progressive scans in 200 KB: libjpeg-turbo decoded this 4096² image for 7.7 s."""
+    bomb = scan_bomb(4096)
+    assert bomb.count(b"\xff\xda") == 2647 and len(bomb) < 256 * 1024
+
+    def no_pixels(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", no_pixels)
+    with pytest.raises(InvalidImage, match="2647 scans; at most 100"):
+        probe(bomb, LIMIT)
+    with pytest.raises(InvalidImage, match="109 scans"):
+        probe(scan_bomb(64, bands=12, bits=2), LIMIT)
+
+
+def test_progressive_jpegs_up_to_the_scan_cap_decode() -> None:
+    at_cap = scan_bomb(64, bands=11, bits=2)  # 1 + 3 x 11 x 3 scans
+    assert at_cap.count(b"\xff\xda") == MAX_JPEG_SCANS
+    dec = decode_bytes(at_cap)
+    assert dec.pixels.shape == (64, 64, 3) and np.all(dec.pixels == 128)  # every coefficient 0: mid-grey
+    photo = save(gradient_image(64, 48), "JPEG", progressive=True, quality=90)
+    assert photo.count(b"\xff\xda") > 1
+    assert np.array_equal(decode_bytes(photo).pixels, np.asarray(Image.open(io.BytesIO(photo))))
 
 
 @pytest.mark.parametrize(
@@ -243,9 +273,9 @@ def test_decode_truncated_png_is_invalid(data: bytes) -> None:
         decode_bytes(data)
 
 
-def test_decode_corrupt_png16_crc_is_invalid() -> None:
+def test_decode_corrupt_png16_pixel_data_is_invalid() -> None:
     data = bytearray(write_png16(random16(8, 8, 3)))
-    data[-20] ^= 0xFF  # inside the IDAT payload: its CRC no longer matches
+    data[-20] ^= 0xFF  # inside the IDAT payload: the deflate stream or its adler32 no longer holds
     with pytest.raises(InvalidImage):
         decode_bytes(bytes(data))
 

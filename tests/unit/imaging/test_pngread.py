@@ -21,6 +21,7 @@ from app.errors import InvalidImage
 from app.imaging import pngread
 from app.imaging.decode import decode, probe
 from app.imaging.pngwrite import SIGNATURE, write_png
+from scripts.crafted import pixel_bomb
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
@@ -185,9 +186,9 @@ def _traced_peak(work: Callable[[], object]) -> int:
 
 def test_pixel_data_past_the_image_is_ignored_without_inflating_it() -> None:
     """libpng inflated every byte of such a stream (5 s for 2 GiB of zeros); the inflate stops one
-    byte past the image, so 64 MiB of zeros in a 16x16 upload never reach memory, and the image
+    byte past the image, so 64 MiB of zeros in a 16x12 upload never reach memory, and the image
     reads as Pillow reads it."""
-    data = _one_idat(16, 16, zlib.compress(_scanlines(16, 48) + bytes(64 << 20), 9))
+    data = pixel_bomb(64)
     assert _traced_peak(lambda: decode_bytes(data)) < 4 << 20
     assert np.array_equal(decode_bytes(data).pixels, np.asarray(Image.open(io.BytesIO(data))))
 
@@ -196,10 +197,7 @@ def test_pypng_is_not_given_pixel_data_past_the_image() -> None:
     """A 16-bit PNG with a tRNS key goes to pypng, which inflated each IDAT chunk whole into memory
     (7.8 GB for a 1 MB upload): the stream is inflated first, within the header's size, and refused
     when it holds more, as pypng refuses it."""
-    ihdr = struct.pack(">IIBBBBB", 16, 12, 16, 2, 0, 0, 0)
-    stream = zlib.compress(bytes(12 * (1 + 16 * 6)) + bytes(64 << 20), 9)
-    tail = chunk(b"tRNS", b"\x00\x01" * 3) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
-    data = SIGNATURE + chunk(b"IHDR", ihdr) + tail
+    data = pixel_bomb(64, depth=16)
 
     def refused() -> None:
         with pytest.raises(InvalidImage, match="more pixel data"):
