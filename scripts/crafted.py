@@ -15,6 +15,16 @@ from app.imaging.pngwrite import SIGNATURE, chunk
 MB = 1024 * 1024
 
 
+def raw_png(
+    width: int, height: int, stream: bytes, *, depth: int = 8, color: int = 2, key: bytes = b""
+) -> bytes:
+    """A PNG whose IHDR says `width` x `height`, `depth` bits, colour type `color`, with one IDAT
+    holding `stream` as it is (no check that it fits the header) and, when given, a tRNS `key`."""
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0))
+    trns = chunk(b"tRNS", key) if key else b""
+    return SIGNATURE + ihdr + trns + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
 def pixel_bomb(inflated_mb: int, depth: int = 8) -> bytes:
     """A 16 x 12 RGB PNG (16-bit ones with a tRNS key colour, which pypng reads) whose IDAT stream
     goes on past the image: `inflated_mb` MB of zeros, about a thousandth of that sent. Each MB is
@@ -28,9 +38,7 @@ def pixel_bomb(inflated_mb: int, depth: int = 8) -> bytes:
     a, b = adler & 0xFFFF, adler >> 16
     check = ((b + inflated_mb * MB * a) % 65521) << 16 | a
     stream = b"\x78\xda" + head + piece * inflated_mb + packer.flush() + struct.pack(">I", check)
-    key = chunk(b"tRNS", b"\x00\x01" * 3) if depth == 16 else b""
-    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 12, depth, 2, 0, 0, 0))
-    return SIGNATURE + ihdr + key + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    return raw_png(16, 12, stream, depth=depth, key=b"\x00\x01" * 3 if depth == 16 else b"")
 
 
 def _segment(marker: int, payload: bytes) -> bytes:

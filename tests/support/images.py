@@ -4,7 +4,6 @@ ComfyUI `prompt` / `workflow`), and decoding through the service's own probe-the
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image, ImageCms
 from app.imaging.decode import DecodedImage, decode, probe
 from app.imaging.encode import encode as encode_picture
 from app.imaging.pixels import Picture
-from app.imaging.pngwrite import chunk
+from scripts.crafted import raw_png
 
 LIMIT = 16_777_216
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -29,9 +28,7 @@ SD_TEXT = {
 # -- helpers ---------------------------------------------------------------------------------------
 def crafted_png(w: int, h: int) -> bytes:
     """A valid-looking 8-bit RGB PNG whose IHDR claims w x h, with a token IDAT far too short for it."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return raw_png(w, h, zlib.compress(b"\x00" * 64))
 
 
 def png_chunk_types(data: bytes) -> list[bytes]:

@@ -14,12 +14,12 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from app.imaging.decode import MAX_JPEG_SCANS, Header, probe
 from app.imaging.encode import output_format
+from app.imaging.pngwrite import chunk
 from scripts.crafted import scan_bomb
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
     SRGB,
-    chunk,
     crafted_png,
     decode_bytes,
     decode_response,

@@ -5,7 +5,6 @@ same refusals."""
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
 import zlib
 from collections.abc import Callable
@@ -20,13 +19,12 @@ from PIL import Image, ImageOps, PngImagePlugin
 from app.errors import InvalidImage
 from app.imaging import pngread
 from app.imaging.decode import decode, probe
-from app.imaging.pngwrite import SIGNATURE, write_png
-from scripts.crafted import pixel_bomb
+from app.imaging.pngwrite import chunk, write_png
+from scripts.crafted import pixel_bomb, raw_png
 from tests.support.images import (
     LIMIT,
     SD_TEXT,
     SRGB,
-    chunk,
     decode_bytes,
     gradient_image,
     png_bytes,
@@ -134,12 +132,6 @@ def test_corrupt_pixel_data_is_invalid() -> None:
         decode_bytes(jpeg[: len(jpeg) // 2])
 
 
-def _one_idat(width: int, height: int, stream: bytes, color: int = 2) -> bytes:
-    """An 8-bit PNG of that colour type whose one IDAT holds `stream` as it is."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
-    return SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
-
-
 def _scanlines(height: int, row: int, seed: int = 0) -> bytes:
     """`height` rows of `row` bytes after a filter byte, with every filter type (None..Paeth)."""
     rng = np.random.default_rng(seed)
@@ -168,7 +160,7 @@ def test_every_filter_reads_as_libpng_reads_it_across_stored_block_edges(
     width: int, height: int, color: int
 ) -> None:
     planes = {0: 1, 2: 3, 6: 4}[color]
-    data = _one_idat(width, height, zlib.compress(_scanlines(height, width * planes)), color)
+    data = raw_png(width, height, zlib.compress(_scanlines(height, width * planes)), color=color)
     read = pngread.read(data)
     expected = png_decode(data)
     assert read is not None and np.array_equal(read[0].reshape(expected.shape), expected)
@@ -227,8 +219,8 @@ def test_a_broken_pixel_stream_is_invalid(damage: str) -> None:
         "not zlib": b"\x78\x01" + bytes(range(7, 200)),
     }[damage]
     with pytest.raises(InvalidImage, match="broken"):
-        decode_bytes(_one_idat(16, 16, broken))
-    intact = _one_idat(16, 16, stream)
+        decode_bytes(raw_png(16, 16, broken))
+    intact = raw_png(16, 16, stream)
     assert np.array_equal(decode_bytes(intact).pixels, png_decode(intact))
 
 
